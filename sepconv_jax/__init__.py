@@ -1,0 +1,27 @@
+"""Keras-exact depthwise-separable convolutions for JAX and Flax."""
+
+from sepconv_jax import constraints
+from sepconv_jax import regularizers
+from sepconv_jax._linen import SeparableConv2D
+from sepconv_jax._linen import SeparableConvolution2D
+from sepconv_jax._ops import IMPLEMENTATIONS
+from sepconv_jax._ops import depthwise_conv2d
+from sepconv_jax._ops import separable_conv2d
+from sepconv_jax._optax import apply_constraints
+from sepconv_jax._optax import collect_constraints
+from sepconv_jax._regularizers import regularization_loss
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "IMPLEMENTATIONS",
+    "SeparableConv2D",
+    "SeparableConvolution2D",
+    "apply_constraints",
+    "collect_constraints",
+    "constraints",
+    "depthwise_conv2d",
+    "regularization_loss",
+    "regularizers",
+    "separable_conv2d",
+)

@@ -1,0 +1,307 @@
+"""Argument normalisation and validation, in one place.
+
+Every public entry point (the functions and the modules) funnels its
+configuration through :func:`conv_spec` and its arrays through
+:func:`check_arrays`, so each rule and each error message lives here once.
+Messages follow one pattern: the argument in backticks, then its value.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+CHANNELS_LAST = "channels_last"
+CHANNELS_FIRST = "channels_first"
+_PADDINGS = ("valid", "same")
+
+
+def is_int(value: Any) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def positive_int(value: Any, name: str) -> int:
+  """Returns `value` as an int, or raises if it is not a positive int."""
+  if not is_int(value):
+    raise TypeError(
+        f"`{name}` (={value!r}) must be a positive int, not"
+        f" {type(value).__name__}"
+    )
+  if value < 1:
+    raise ValueError(f"`{name}` (={value!r}) must be a positive int")
+  return int(value)
+
+
+def normalize_tuple(value: Any, rank: int, name: str) -> tuple[int, ...]:
+  """Normalises an int or a sequence of `rank` positive ints to a tuple."""
+  what = "a positive int" if rank == 1 else f"a positive int or {rank} of them"
+  if is_int(value):
+    values = (value,) * rank
+  elif isinstance(value, (tuple, list)):
+    if len(value) != rank:
+      raise ValueError(
+          f"`{name}` (={value!r}) must be {what}; got length {len(value)}"
+      )
+    if not all(is_int(v) for v in value):
+      raise TypeError(f"`{name}` (={value!r}) must be {what}")
+    values = tuple(value)
+  else:
+    raise TypeError(
+        f"`{name}` (={value!r}) must be {what}, not {type(value).__name__}"
+    )
+  if any(v < 1 for v in values):
+    raise ValueError(f"`{name}` (={value!r}) must be {what}")
+  return tuple(int(v) for v in values)
+
+
+def normalize_padding(padding: Any) -> str:
+  """Returns 'valid' or 'same' for any capitalisation of them."""
+  if not isinstance(padding, str):
+    raise TypeError(
+        f"`padding` (={padding!r}) must be 'valid' or 'same', not"
+        f" {type(padding).__name__}"
+    )
+  lowered = padding.lower()
+  if lowered == "causal":
+    raise ValueError(
+        f"`padding` (={padding!r}) is only defined for 1-D convolutions;"
+        " use 'valid' or 'same'"
+    )
+  if lowered not in _PADDINGS:
+    raise ValueError(f"`padding` (={padding!r}) must be 'valid' or 'same'")
+  return lowered
+
+
+def keras_config_path() -> str:
+  """The path of `keras.json`, found as Keras finds it."""
+  if "KERAS_HOME" in os.environ:
+    keras_dir = os.environ["KERAS_HOME"]
+  else:
+    base = os.path.expanduser("~")
+    if not os.access(base, os.W_OK):
+      base = "/tmp"
+    keras_dir = os.path.join(base, ".keras")
+  return os.path.expanduser(os.path.join(keras_dir, "keras.json"))
+
+
+def image_data_format() -> str:
+  """The `image_data_format` of `keras.json`, or 'channels_last' without one.
+
+  The file is read the way Keras reads it, without importing Keras. As in
+  Keras, a file that is not valid JSON is ignored.
+
+  Raises:
+    ValueError: if the file names a format other than the two Keras knows.
+  """
+  path = keras_config_path()
+  try:
+    with open(path) as f:
+      config = json.load(f)
+  except (OSError, ValueError):
+    return CHANNELS_LAST
+  value = config.get("image_data_format", CHANNELS_LAST) if isinstance(
+      config, dict) else CHANNELS_LAST
+  if value not in (CHANNELS_LAST, CHANNELS_FIRST):
+    raise ValueError(
+        f"`data_format` is None, and the `image_data_format` (={value!r}) in"
+        f" {path} must be 'channels_last' or 'channels_first'"
+    )
+  return value
+
+
+def normalize_data_format(data_format: Any) -> str:
+  """Returns 'channels_last' or 'channels_first'; None reads keras.json."""
+  if data_format is None:
+    return image_data_format()
+  if not isinstance(data_format, str):
+    raise TypeError(
+        f"`data_format` (={data_format!r}) must be 'channels_last',"
+        f" 'channels_first' or None, not {type(data_format).__name__}"
+    )
+  lowered = data_format.lower()
+  if lowered not in (CHANNELS_LAST, CHANNELS_FIRST):
+    raise ValueError(
+        f"`data_format` (={data_format!r}) must be 'channels_last',"
+        " 'channels_first' or None"
+    )
+  return lowered
+
+
+class ConvSpec(NamedTuple):
+  """A validated, normalised convolution configuration."""
+
+  rank: int
+  strides: tuple[int, ...]
+  padding: str
+  channels_last: bool
+  dilation_rate: tuple[int, ...]
+
+  @property
+  def channel_axis(self) -> int:
+    """The channel axis, counted from the end of the input's shape."""
+    return -1 if self.channels_last else -(self.rank + 1)
+
+
+def conv_spec(
+    rank: int,
+    strides: Any,
+    padding: Any,
+    data_format: Any,
+    dilation_rate: Any,
+) -> ConvSpec:
+  """Validates and normalises the configuration shared by every entry point.
+
+  Raises:
+    TypeError: for arguments of the wrong type.
+    ValueError: for bad values, and for `strides` and `dilation_rate` both
+      above 1 (the tf.keras rule).
+  """
+  norm_strides = normalize_tuple(strides, rank, "strides")
+  norm_dilation = normalize_tuple(dilation_rate, rank, "dilation_rate")
+  if max(norm_strides) > 1 and max(norm_dilation) > 1:
+    raise ValueError(
+        f"`strides` (={strides!r}) and `dilation_rate` (={dilation_rate!r})"
+        " cannot both exceed 1"
+    )
+  return ConvSpec(
+      rank=rank,
+      strides=norm_strides,
+      padding=normalize_padding(padding),
+      channels_last=normalize_data_format(data_format) == CHANNELS_LAST,
+      dilation_rate=norm_dilation,
+  )
+
+
+def output_size(size: int, kernel: int, stride: int, dilation: int,
+                padding: str) -> int:
+  """One spatial output size, as Keras and TensorFlow compute it."""
+  if padding == "same":
+    return -(-size // stride)
+  effective = (kernel - 1) * dilation + 1
+  return (size - effective) // stride + 1
+
+
+def same_pads(size: int, kernel: int, stride: int,
+              dilation: int) -> tuple[int, int]:
+  """TensorFlow's SAME padding: an odd total puts the extra at the end."""
+  effective = (kernel - 1) * dilation + 1
+  total = max((-(-size // stride) - 1) * stride + effective - size, 0)
+  return total // 2, total - total // 2
+
+
+def explicit_pads(spec: ConvSpec, spatial: Sequence[int],
+                  kernel: Sequence[int]) -> tuple[tuple[int, int], ...]:
+  """The (before, after) padding of each spatial dimension."""
+  if spec.padding == "valid":
+    return ((0, 0),) * spec.rank
+  return tuple(
+      same_pads(n, k, s, d)
+      for n, k, s, d in zip(spatial, kernel, spec.strides, spec.dilation_rate)
+  )
+
+
+def split_shape(spec: ConvSpec, shape: Sequence[Any],
+                name: str = "inputs") -> tuple[tuple, tuple, Any]:
+  """Splits an input shape into (leading batch dims, spatial dims, channels).
+
+  Raises:
+    ValueError: if the rank is too low for a `spec.rank`-D convolution.
+  """
+  shape = tuple(shape)
+  if len(shape) < spec.rank + 1:
+    raise ValueError(
+        f"`{name}` (shape={shape}) must have rank >= {spec.rank + 1}: spatial"
+        f" dims and channels, with optional leading batch dims; got rank"
+        f" {len(shape)}"
+    )
+  if spec.channels_last:
+    return shape[:-spec.rank - 1], shape[-spec.rank - 1:-1], shape[-1]
+  return shape[:-spec.rank - 1], shape[-spec.rank:], shape[-spec.rank - 1]
+
+
+def output_spatial(spec: ConvSpec, spatial: Sequence[Any],
+                   kernel: Sequence[int], name: str = "inputs") -> tuple:
+  """The output spatial shape; None sizes stay None.
+
+  Raises:
+    ValueError: if a 'valid' output size would be 0 or less.
+  """
+  out = tuple(
+      None if n is None else output_size(n, k, s, d, spec.padding)
+      for n, k, s, d in zip(spatial, kernel, spec.strides, spec.dilation_rate)
+  )
+  if any(o is not None and o < 1 for o in out):
+    raise ValueError(
+        f"`{name}` (spatial shape={tuple(spatial)}) is too small for kernel"
+        f" size {tuple(kernel)} with dilation_rate {spec.dilation_rate} and"
+        f" padding={spec.padding!r}: the output size would be {out}"
+    )
+  return out
+
+
+def check_channels(channels: Any, name: str = "inputs",
+                   shape: Sequence[Any] = ()) -> None:
+  """Rejects zero channels (an empty depthwise convolution)."""
+  if channels is not None and channels < 1:
+    raise ValueError(
+        f"`{name}` (shape={tuple(shape)}) has {channels} channels; at least"
+        " one is needed"
+    )
+
+
+def check_shape(name: str, shape: Sequence[int], expected: Sequence[Any],
+                meaning: str) -> None:
+  """Checks an array's shape against `expected`; None matches any size.
+
+  Raises:
+    ValueError: naming the array, its shape and the expected shape.
+  """
+  shape = tuple(shape)
+  fits = len(shape) == len(expected) and all(
+      e is None or s == e for s, e in zip(shape, expected)
+  )
+  if not fits:
+    shown = ", ".join("?" if e is None else str(e) for e in expected)
+    raise ValueError(
+        f"`{name}` (shape={shape}) does not fit: expected shape ({shown}),"
+        f" {meaning}"
+    )
+
+
+def batch_count(leading: Sequence[int]) -> int:
+  """How many examples a tuple of leading batch dims holds."""
+  return math.prod(leading)
+
+
+def lookup(identifier: Any, table: Mapping[str, Callable[[], Any]], name: str,
+           kind: str, allow_none: bool) -> Any:
+  """Resolves a Keras name through `table`; callables pass through.
+
+  Args:
+    identifier: the user's value.
+    table: maps each accepted name to a factory of the resolved object.
+    name: the argument's name, for error messages.
+    kind: what the table holds ("activation", "initializer", ...).
+    allow_none: whether None is accepted (and returned).
+
+  Raises:
+    ValueError: for an unknown name, listing the known ones.
+    TypeError: for a value that is neither a name nor callable.
+  """
+  if (identifier is None and allow_none) or callable(identifier):
+    return identifier
+  if not isinstance(identifier, str):
+    accepted = "None, a callable" if allow_none else "a callable"
+    raise TypeError(
+        f"`{name}` (={identifier!r}) must be {accepted} or a Keras {kind}"
+        f" name, not {type(identifier).__name__}"
+    )
+  if identifier not in table:
+    raise ValueError(
+        f"`{name}` (={identifier!r}) is not a known Keras {kind}; known"
+        f" names: {', '.join(sorted(table))}"
+    )
+  return table[identifier]()

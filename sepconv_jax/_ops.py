@@ -1,0 +1,340 @@
+"""The functional depthwise and separable convolutions.
+
+The public functions validate once, bring the inputs to one batch axis and
+the compute dtype, then hand plain arrays to an implementation. An
+implementation is a pair of functions over those arrays:
+
+* ``depthwise(x, kernel, spec, pads, precision)``
+* ``pointwise(y, kernel, spec, precision)``
+
+where ``x`` has shape ``(N, *spatial, C)`` (or ``(N, C, *spatial)``), ``pads``
+holds explicit ``(before, after)`` pairs and ``spec`` is the normalised
+:class:`~sepconv_jax._args.ConvSpec`. The functions are written for any
+number of spatial dimensions; the public API fixes it at two.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.typing import ArrayLike
+
+from sepconv_jax import _args
+
+PrecisionLike = Any
+
+
+class Implementation(NamedTuple):
+  """How one implementation computes the two steps."""
+
+  depthwise: Callable[..., jax.Array]
+  pointwise: Callable[..., jax.Array]
+
+
+def _dimension_numbers(spec: _args.ConvSpec) -> tuple[str, str, str]:
+  spatial = "DHW"[-spec.rank:] if spec.rank <= 3 else None
+  if spatial is None:
+    raise ValueError(f"{spec.rank}-D convolutions are not supported")
+  lhs = f"N{spatial}C" if spec.channels_last else f"NC{spatial}"
+  return lhs, f"{spatial}IO", lhs
+
+
+def _lax_depthwise(x, kernel, spec, pads, precision):
+  *window, channels, multiplier = kernel.shape
+  return lax.conv_general_dilated(
+      x,
+      kernel.reshape(*window, 1, channels * multiplier),
+      window_strides=spec.strides,
+      padding=pads,
+      rhs_dilation=spec.dilation_rate,
+      dimension_numbers=_dimension_numbers(spec),
+      feature_group_count=channels,
+      precision=precision,
+  )
+
+
+def _lax_pointwise(y, kernel, spec, precision):
+  return lax.conv_general_dilated(
+      y,
+      kernel,
+      window_strides=(1,) * spec.rank,
+      padding="VALID",
+      dimension_numbers=_dimension_numbers(spec),
+      precision=precision,
+  )
+
+
+_IMPLEMENTATIONS: dict[str, Implementation] = {
+    "lax": Implementation(_lax_depthwise, _lax_pointwise),
+}
+
+#: The names accepted by every ``implementation=`` argument.
+IMPLEMENTATIONS: tuple[str, ...] = ("auto", *_IMPLEMENTATIONS)
+
+
+def check_implementation(implementation: Any) -> None:
+  """Rejects an unknown ``implementation=`` argument."""
+  if not isinstance(implementation, str):
+    raise TypeError(
+        f"`implementation` (={implementation!r}) must be one of"
+        f" {IMPLEMENTATIONS}, not {type(implementation).__name__}"
+    )
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(
+        f"`implementation` (={implementation!r}) must be one of"
+        f" {IMPLEMENTATIONS}"
+    )
+
+
+def _choose(implementation: Any) -> Implementation:
+  """Resolves an ``implementation=`` argument."""
+  check_implementation(implementation)
+  if implementation == "auto":
+    return _IMPLEMENTATIONS["lax"]
+  return _IMPLEMENTATIONS[implementation]
+
+
+def check_precision(precision: Any) -> None:
+  """Rejects what `lax` would reject as a precision, with a clear message."""
+  if precision is None or isinstance(precision, lax.Precision):
+    return
+  if isinstance(precision, str):
+    try:
+      lax.Precision(precision)
+      return
+    except ValueError:
+      pass
+  elif isinstance(precision, (tuple, list)) and len(precision) == 2:
+    for p in precision:
+      check_precision(p)
+    return
+  raise ValueError(
+      f"`precision` (={precision!r}) must be None, a `jax.lax.Precision`, one"
+      " of its names, or a pair of them"
+  )
+
+
+def as_array(value: Any, name: str) -> jax.Array:
+  if isinstance(value, (jax.Array, jax.core.Tracer)):
+    array = value
+  else:
+    try:
+      array = jnp.asarray(value)
+    except (TypeError, ValueError) as e:
+      raise TypeError(
+          f"`{name}` (={value!r}) must be an array of numbers: {e}"
+      ) from None
+  if jnp.issubdtype(array.dtype, jnp.complexfloating) or not (
+      jnp.issubdtype(array.dtype, jnp.number) or array.dtype == jnp.bool_
+  ):
+    raise TypeError(
+        f"`{name}` (shape={tuple(array.shape)}) has dtype {array.dtype}; real"
+        " numbers are needed"
+    )
+  return array
+
+
+def _compute_dtype(*arrays: Optional[jax.Array]) -> Any:
+  """The promoted floating dtype of the operands; ints join as floats."""
+  floats = [
+      a.dtype for a in arrays
+      if a is not None and jnp.issubdtype(a.dtype, jnp.floating)
+  ]
+  if floats:
+    return jnp.result_type(*floats)
+  return jnp.zeros((), float).dtype  # float32, or float64 under x64
+
+
+def _channel_bias_shape(spec: _args.ConvSpec, filters: int) -> tuple[int, ...]:
+  return (filters,) if spec.channels_last else (filters,) + (1,) * spec.rank
+
+
+def convolve(
+    inputs: ArrayLike,
+    depthwise_kernel: ArrayLike,
+    pointwise_kernel: Optional[ArrayLike],
+    bias: Optional[ArrayLike],
+    spec: _args.ConvSpec,
+    precision: PrecisionLike,
+    implementation: str,
+    pointwise: bool,
+) -> jax.Array:
+  """Validates the arrays, then runs the chosen implementation."""
+  impl = _choose(implementation)
+  check_precision(precision)
+  n = spec.rank
+  x = as_array(inputs, "inputs")
+  dk = as_array(depthwise_kernel, "depthwise_kernel")
+  leading, spatial, channels = _args.split_shape(spec, x.shape)
+  _args.check_channels(channels, shape=x.shape)
+  _args.check_shape(
+      "depthwise_kernel", dk.shape, (None,) * n + (channels, None),
+      f"the kernel's {n} spatial sizes, the {channels} input channels of"
+      f" `inputs` (shape={tuple(x.shape)}), then the depth multiplier",
+  )
+  if min(dk.shape) < 1:
+    raise ValueError(
+        f"`depthwise_kernel` (shape={tuple(dk.shape)}) must not have a"
+        " size of 0"
+    )
+  kernel_size = dk.shape[:n]
+  _args.output_spatial(spec, spatial, kernel_size)
+  pk = b = None
+  if pointwise:
+    pk = as_array(pointwise_kernel, "pointwise_kernel")
+    _args.check_shape(
+        "pointwise_kernel", pk.shape, (1,) * n + (dk.shape[-2] * dk.shape[-1],
+                                                  None),
+        f"1x1 with {dk.shape[-2] * dk.shape[-1]} = channels * depth"
+        " multiplier inputs, then the filters",
+    )
+    if pk.shape[-1] < 1:
+      raise ValueError(
+          f"`pointwise_kernel` (shape={tuple(pk.shape)}) must have at least"
+          " one filter"
+      )
+    if bias is not None:
+      b = as_array(bias, "bias")
+      _args.check_shape("bias", b.shape, (pk.shape[-1],),
+                        f"one value per filter of `pointwise_kernel`"
+                        f" (shape={tuple(pk.shape)})")
+
+  dtype = _compute_dtype(x, dk, pk, b)
+  batch = math.prod(leading)
+  x = x.astype(dtype).reshape((batch,) + x.shape[len(leading):])
+  pads = _args.explicit_pads(spec, spatial, kernel_size)
+  y = impl.depthwise(x, dk.astype(dtype), spec, pads, precision)
+  if pointwise:
+    y = impl.pointwise(y, pk.astype(dtype), spec, precision)
+    if b is not None:
+      y = y + b.astype(dtype).reshape(_channel_bias_shape(spec, b.shape[0]))
+  return y.reshape(tuple(leading) + y.shape[1:])
+
+
+def depthwise_conv(
+    inputs, depthwise_kernel, *, rank, strides, padding, data_format,
+    dilation_rate, precision, implementation,
+) -> jax.Array:
+  """The rank-generic depthwise convolution behind the public functions."""
+  spec = _args.conv_spec(rank, strides, padding, data_format, dilation_rate)
+  return convolve(inputs, depthwise_kernel, None, None, spec, precision,
+                   implementation, pointwise=False)
+
+
+def separable_conv(
+    inputs, depthwise_kernel, pointwise_kernel, bias, *, rank, strides,
+    padding, data_format, dilation_rate, precision, implementation,
+) -> jax.Array:
+  """The rank-generic separable convolution behind the public functions."""
+  spec = _args.conv_spec(rank, strides, padding, data_format, dilation_rate)
+  return convolve(inputs, depthwise_kernel, pointwise_kernel, bias, spec,
+                   precision, implementation, pointwise=True)
+
+
+def separable_conv2d(
+    inputs: ArrayLike,
+    depthwise_kernel: ArrayLike,
+    pointwise_kernel: ArrayLike,
+    bias: Optional[ArrayLike] = None,
+    *,
+    strides: int | Sequence[int] = 1,
+    padding: str = "valid",
+    data_format: Optional[str] = None,
+    dilation_rate: int | Sequence[int] = 1,
+    precision: PrecisionLike = None,
+    implementation: str = "auto",
+) -> jax.Array:
+  """A 2-D depthwise-separable convolution, as `keras.ops.separable_conv`.
+
+  Each input channel is convolved with its own ``depth_multiplier`` filters
+  (the depthwise step), a 1x1 convolution mixes the result into ``filters``
+  channels (the pointwise step), and ``bias`` is added. No activation.
+
+  Args:
+    inputs: ``(N, H, W, C)`` images, or ``(N, C, H, W)`` for
+      ``data_format="channels_first"``. Rank 3 is one unbatched image; more
+      leading axes are extra batch axes. Integers are cast to the compute
+      dtype, the promoted floating dtype of the operands.
+    depthwise_kernel: ``(kh, kw, C, depth_multiplier)``.
+    pointwise_kernel: ``(1, 1, C * depth_multiplier, filters)``.
+    bias: ``(filters,)``, or None.
+    strides: an int or a pair; cannot exceed 1 together with
+      ``dilation_rate``.
+    padding: ``"valid"`` or ``"same"``, in any case. ``"same"`` pads as
+      TensorFlow does: an odd total puts the extra row or column at the end.
+    data_format: ``"channels_last"``, ``"channels_first"``, or None for the
+      ``image_data_format`` of ``keras.json`` (``"channels_last"`` without
+      one).
+    dilation_rate: an int or a pair.
+    precision: passed to the `jax.lax` calls.
+    implementation: one of :data:`IMPLEMENTATIONS`; ``"auto"`` picks by
+      backend and shape, ``"lax"`` is the reference built on
+      `jax.lax.conv_general_dilated` with ``feature_group_count``.
+
+  Returns:
+    ``(N, H', W', filters)`` (or channels-first) in the compute dtype.
+
+  Raises:
+    ValueError: for a bad argument value, arrays whose shapes do not fit one
+      another, or a ``"valid"`` output with no rows or columns.
+    TypeError: for arguments of the wrong type.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import sepconv_jax
+    >>> x = jnp.ones((1, 5, 5, 2))
+    >>> dk = jnp.ones((3, 3, 2, 1))
+    >>> pk = jnp.ones((1, 1, 2, 4))
+    >>> y = sepconv_jax.separable_conv2d(x, dk, pk)
+    >>> y.shape, float(y[0, 0, 0, 0])
+    ((1, 3, 3, 4), 18.0)
+  """
+  return separable_conv(
+      inputs, depthwise_kernel, pointwise_kernel, bias, rank=2,
+      strides=strides, padding=padding, data_format=data_format,
+      dilation_rate=dilation_rate, precision=precision,
+      implementation=implementation,
+  )
+
+
+def depthwise_conv2d(
+    inputs: ArrayLike,
+    depthwise_kernel: ArrayLike,
+    *,
+    strides: int | Sequence[int] = 1,
+    padding: str = "valid",
+    data_format: Optional[str] = None,
+    dilation_rate: int | Sequence[int] = 1,
+    precision: PrecisionLike = None,
+    implementation: str = "auto",
+) -> jax.Array:
+  """The depthwise step of :func:`separable_conv2d` alone.
+
+  Output channel ``c * depth_multiplier + m`` is input channel ``c``
+  convolved with ``depthwise_kernel[:, :, c, m]``, as in Keras. The arguments
+  are those of :func:`separable_conv2d`.
+
+  Returns:
+    ``(N, H', W', C * depth_multiplier)`` (or channels-first).
+
+  Raises:
+    ValueError: as :func:`separable_conv2d`.
+    TypeError: as :func:`separable_conv2d`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import sepconv_jax
+    >>> x = jnp.ones((1, 4, 4, 3))
+    >>> y = sepconv_jax.depthwise_conv2d(x, jnp.ones((2, 2, 3, 2)))
+    >>> y.shape
+    (1, 3, 3, 6)
+  """
+  return depthwise_conv(
+      inputs, depthwise_kernel, rank=2, strides=strides, padding=padding,
+      data_format=data_format, dilation_rate=dilation_rate,
+      precision=precision, implementation=implementation,
+  )
