@@ -2,7 +2,12 @@
 
 from sepconv_jax import constraints
 from sepconv_jax import regularizers
+from sepconv_jax._args import PADDING_MODES
+from sepconv_jax._linen import DepthwiseConv2D
+from sepconv_jax._linen import SeparableConv1D
 from sepconv_jax._linen import SeparableConv2D
+from sepconv_jax._linen import SeparableConv3D
+from sepconv_jax._linen import SeparableConvolution1D
 from sepconv_jax._linen import SeparableConvolution2D
 from sepconv_jax._ops import IMPLEMENTATIONS
 from sepconv_jax._ops import depthwise_conv2d
@@ -14,8 +19,13 @@ from sepconv_jax._regularizers import regularization_loss
 __version__ = "0.1.0"
 
 __all__ = (
+    "DepthwiseConv2D",
     "IMPLEMENTATIONS",
+    "PADDING_MODES",
+    "SeparableConv1D",
     "SeparableConv2D",
+    "SeparableConv3D",
+    "SeparableConvolution1D",
     "SeparableConvolution2D",
     "apply_constraints",
     "collect_constraints",

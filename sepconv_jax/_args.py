@@ -18,6 +18,10 @@ CHANNELS_LAST = "channels_last"
 CHANNELS_FIRST = "channels_first"
 _PADDINGS = ("valid", "same")
 
+#: How padded borders are filled: Keras's zeros, or `jnp.pad`'s reflect,
+#: symmetric and wrap ("circular") modes.
+PADDING_MODES = ("zeros", "reflect", "symmetric", "circular")
+
 
 def is_int(value: Any) -> bool:
   return isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -57,22 +61,53 @@ def normalize_tuple(value: Any, rank: int, name: str) -> tuple[int, ...]:
   return tuple(int(v) for v in values)
 
 
-def normalize_padding(padding: Any) -> str:
-  """Returns 'valid' or 'same' for any capitalisation of them."""
+def _explicit_padding(padding: Any, rank: int) -> tuple[tuple[int, int], ...]:
+  """Validates explicit ``((before, after), ...)`` pairs, one per dim."""
+  what = (f"'valid', 'same' or {rank} (before, after) pairs of non-negative"
+          " ints")
+  if len(padding) != rank or not all(
+      isinstance(p, (tuple, list)) and len(p) == 2 for p in padding):
+    raise ValueError(f"`padding` (={padding!r}) must be {what}")
+  if not all(is_int(v) for p in padding for v in p):
+    raise TypeError(f"`padding` (={padding!r}) must be {what}")
+  if any(v < 0 for p in padding for v in p):
+    raise ValueError(f"`padding` (={padding!r}) must be {what}")
+  return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def normalize_padding(padding: Any, rank: int) -> str | tuple:
+  """Returns 'valid', 'same', 'causal' (1-D only) or explicit pairs."""
+  named = "'valid', 'same' or 'causal'" if rank == 1 else "'valid' or 'same'"
+  if isinstance(padding, (tuple, list)):
+    return _explicit_padding(padding, rank)
   if not isinstance(padding, str):
     raise TypeError(
-        f"`padding` (={padding!r}) must be 'valid' or 'same', not"
-        f" {type(padding).__name__}"
+        f"`padding` (={padding!r}) must be {named} or explicit (before,"
+        f" after) pairs, not {type(padding).__name__}"
     )
   lowered = padding.lower()
-  if lowered == "causal":
+  if lowered == "causal" and rank != 1:
     raise ValueError(
         f"`padding` (={padding!r}) is only defined for 1-D convolutions;"
         " use 'valid' or 'same'"
     )
-  if lowered not in _PADDINGS:
-    raise ValueError(f"`padding` (={padding!r}) must be 'valid' or 'same'")
+  if lowered not in _PADDINGS + ("causal",):
+    raise ValueError(f"`padding` (={padding!r}) must be {named}")
   return lowered
+
+
+def normalize_padding_mode(padding_mode: Any) -> str:
+  """Returns one of :data:`PADDING_MODES`."""
+  if not isinstance(padding_mode, str):
+    raise TypeError(
+        f"`padding_mode` (={padding_mode!r}) must be one of {PADDING_MODES},"
+        f" not {type(padding_mode).__name__}"
+    )
+  if padding_mode.lower() not in PADDING_MODES:
+    raise ValueError(
+        f"`padding_mode` (={padding_mode!r}) must be one of {PADDING_MODES}"
+    )
+  return padding_mode.lower()
 
 
 def keras_config_path() -> str:
@@ -135,9 +170,10 @@ class ConvSpec(NamedTuple):
 
   rank: int
   strides: tuple[int, ...]
-  padding: str
+  padding: str | tuple[tuple[int, int], ...]
   channels_last: bool
   dilation_rate: tuple[int, ...]
+  padding_mode: str = "zeros"
 
   @property
   def channel_axis(self) -> int:
@@ -151,6 +187,7 @@ def conv_spec(
     padding: Any,
     data_format: Any,
     dilation_rate: Any,
+    padding_mode: Any = "zeros",
 ) -> ConvSpec:
   """Validates and normalises the configuration shared by every entry point.
 
@@ -169,19 +206,11 @@ def conv_spec(
   return ConvSpec(
       rank=rank,
       strides=norm_strides,
-      padding=normalize_padding(padding),
+      padding=normalize_padding(padding, rank),
       channels_last=normalize_data_format(data_format) == CHANNELS_LAST,
       dilation_rate=norm_dilation,
+      padding_mode=normalize_padding_mode(padding_mode),
   )
-
-
-def output_size(size: int, kernel: int, stride: int, dilation: int,
-                padding: str) -> int:
-  """One spatial output size, as Keras and TensorFlow compute it."""
-  if padding == "same":
-    return -(-size // stride)
-  effective = (kernel - 1) * dilation + 1
-  return (size - effective) // stride + 1
 
 
 def same_pads(size: int, kernel: int, stride: int,
@@ -192,15 +221,23 @@ def same_pads(size: int, kernel: int, stride: int,
   return total // 2, total - total // 2
 
 
+def _pads(spec: ConvSpec, dim: int, size: int, kernel: int) -> tuple[int, int]:
+  """The (before, after) padding of spatial dim `dim`."""
+  stride, dilation = spec.strides[dim], spec.dilation_rate[dim]
+  if spec.padding == "same":
+    return same_pads(size, kernel, stride, dilation)
+  if spec.padding == "causal":
+    return (kernel - 1) * dilation, 0
+  if spec.padding == "valid":
+    return 0, 0
+  return spec.padding[dim]
+
+
 def explicit_pads(spec: ConvSpec, spatial: Sequence[int],
                   kernel: Sequence[int]) -> tuple[tuple[int, int], ...]:
   """The (before, after) padding of each spatial dimension."""
-  if spec.padding == "valid":
-    return ((0, 0),) * spec.rank
-  return tuple(
-      same_pads(n, k, s, d)
-      for n, k, s, d in zip(spatial, kernel, spec.strides, spec.dilation_rate)
-  )
+  return tuple(_pads(spec, i, n, k)
+               for i, (n, k) in enumerate(zip(spatial, kernel)))
 
 
 def split_shape(spec: ConvSpec, shape: Sequence[Any],
@@ -227,12 +264,17 @@ def output_spatial(spec: ConvSpec, spatial: Sequence[Any],
   """The output spatial shape; None sizes stay None.
 
   Raises:
-    ValueError: if a 'valid' output size would be 0 or less.
+    ValueError: if an output size would be 0 or less.
   """
-  out = tuple(
-      None if n is None else output_size(n, k, s, d, spec.padding)
-      for n, k, s, d in zip(spatial, kernel, spec.strides, spec.dilation_rate)
-  )
+  out = []
+  for i, (n, k) in enumerate(zip(spatial, kernel)):
+    if n is None:
+      out.append(None)
+      continue
+    before, after = _pads(spec, i, n, k)
+    effective = (k - 1) * spec.dilation_rate[i] + 1
+    out.append((n + before + after - effective) // spec.strides[i] + 1)
+  out = tuple(out)
   if any(o is not None and o < 1 for o in out):
     raise ValueError(
         f"`{name}` (spatial shape={tuple(spatial)}) is too small for kernel"

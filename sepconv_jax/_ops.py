@@ -149,6 +149,18 @@ def _compute_dtype(*arrays: Optional[jax.Array]) -> Any:
   return jnp.zeros((), float).dtype  # float32, or float64 under x64
 
 
+_JNP_PAD_MODES = {"reflect": "reflect", "symmetric": "symmetric",
+                  "circular": "wrap"}
+
+
+def _pad_borders(x: jax.Array, spec: _args.ConvSpec,
+                 pads: Sequence[tuple[int, int]]) -> jax.Array:
+  """Pads the spatial dims by ``spec.padding_mode``, for the non-zero modes."""
+  widths = ((0, 0), *pads, (0, 0)) if spec.channels_last else (
+      (0, 0), (0, 0), *pads)
+  return jnp.pad(x, widths, mode=_JNP_PAD_MODES[spec.padding_mode])
+
+
 def _channel_bias_shape(spec: _args.ConvSpec, filters: int) -> tuple[int, ...]:
   return (filters,) if spec.channels_last else (filters,) + (1,) * spec.rank
 
@@ -161,9 +173,12 @@ def convolve(
     spec: _args.ConvSpec,
     precision: PrecisionLike,
     implementation: str,
-    pointwise: bool,
 ) -> jax.Array:
-  """Validates the arrays, then runs the chosen implementation."""
+  """Validates the arrays, then runs the chosen implementation.
+
+  Without `pointwise_kernel` this is the depthwise step alone; `bias`, if
+  given, is added to whichever step comes last.
+  """
   impl = _choose(implementation)
   check_precision(precision)
   n = spec.rank
@@ -183,56 +198,65 @@ def convolve(
     )
   kernel_size = dk.shape[:n]
   _args.output_spatial(spec, spatial, kernel_size)
+  out_channels = dk.shape[-2] * dk.shape[-1]
   pk = b = None
-  if pointwise:
+  if pointwise_kernel is not None:
     pk = as_array(pointwise_kernel, "pointwise_kernel")
     _args.check_shape(
-        "pointwise_kernel", pk.shape, (1,) * n + (dk.shape[-2] * dk.shape[-1],
-                                                  None),
-        f"1x1 with {dk.shape[-2] * dk.shape[-1]} = channels * depth"
-        " multiplier inputs, then the filters",
+        "pointwise_kernel", pk.shape, (1,) * n + (out_channels, None),
+        f"1x1 with {out_channels} = channels * depth multiplier inputs, then"
+        " the filters",
     )
     if pk.shape[-1] < 1:
       raise ValueError(
           f"`pointwise_kernel` (shape={tuple(pk.shape)}) must have at least"
           " one filter"
       )
-    if bias is not None:
-      b = as_array(bias, "bias")
-      _args.check_shape("bias", b.shape, (pk.shape[-1],),
-                        f"one value per filter of `pointwise_kernel`"
-                        f" (shape={tuple(pk.shape)})")
+    out_channels = pk.shape[-1]
+  if bias is not None:
+    b = as_array(bias, "bias")
+    _args.check_shape("bias", b.shape, (out_channels,),
+                      f"one value per output channel ({out_channels})")
 
   dtype = _compute_dtype(x, dk, pk, b)
   batch = math.prod(leading)
   x = x.astype(dtype).reshape((batch,) + x.shape[len(leading):])
   pads = _args.explicit_pads(spec, spatial, kernel_size)
+  if spec.padding_mode != "zeros":
+    x = _pad_borders(x, spec, pads)
+    pads = ((0, 0),) * n
   y = impl.depthwise(x, dk.astype(dtype), spec, pads, precision)
-  if pointwise:
+  if pk is not None:
     y = impl.pointwise(y, pk.astype(dtype), spec, precision)
-    if b is not None:
-      y = y + b.astype(dtype).reshape(_channel_bias_shape(spec, b.shape[0]))
+  if b is not None:
+    y = y + b.astype(dtype).reshape(_channel_bias_shape(spec, out_channels))
   return y.reshape(tuple(leading) + y.shape[1:])
 
 
 def depthwise_conv(
-    inputs, depthwise_kernel, *, rank, strides, padding, data_format,
-    dilation_rate, precision, implementation,
+    inputs, depthwise_kernel, bias=None, *, rank, strides, padding,
+    data_format, dilation_rate, precision, implementation,
+    padding_mode="zeros",
 ) -> jax.Array:
   """The rank-generic depthwise convolution behind the public functions."""
-  spec = _args.conv_spec(rank, strides, padding, data_format, dilation_rate)
-  return convolve(inputs, depthwise_kernel, None, None, spec, precision,
-                   implementation, pointwise=False)
+  spec = _args.conv_spec(rank, strides, padding, data_format, dilation_rate,
+                         padding_mode)
+  return convolve(inputs, depthwise_kernel, None, bias, spec, precision,
+                  implementation)
 
 
 def separable_conv(
-    inputs, depthwise_kernel, pointwise_kernel, bias, *, rank, strides,
+    inputs, depthwise_kernel, pointwise_kernel, bias=None, *, rank, strides,
     padding, data_format, dilation_rate, precision, implementation,
+    padding_mode="zeros",
 ) -> jax.Array:
   """The rank-generic separable convolution behind the public functions."""
-  spec = _args.conv_spec(rank, strides, padding, data_format, dilation_rate)
+  spec = _args.conv_spec(rank, strides, padding, data_format, dilation_rate,
+                         padding_mode)
+  if pointwise_kernel is None:
+    raise TypeError("`pointwise_kernel` (=None) must be an array")
   return convolve(inputs, depthwise_kernel, pointwise_kernel, bias, spec,
-                   precision, implementation, pointwise=True)
+                  precision, implementation)
 
 
 def separable_conv2d(
@@ -247,6 +271,7 @@ def separable_conv2d(
     dilation_rate: int | Sequence[int] = 1,
     precision: PrecisionLike = None,
     implementation: str = "auto",
+    padding_mode: str = "zeros",
 ) -> jax.Array:
   """A 2-D depthwise-separable convolution, as `keras.ops.separable_conv`.
 
@@ -266,6 +291,7 @@ def separable_conv2d(
       ``dilation_rate``.
     padding: ``"valid"`` or ``"same"``, in any case. ``"same"`` pads as
       TensorFlow does: an odd total puts the extra row or column at the end.
+      Beyond Keras: explicit ``((top, bottom), (left, right))`` pairs.
     data_format: ``"channels_last"``, ``"channels_first"``, or None for the
       ``image_data_format`` of ``keras.json`` (``"channels_last"`` without
       one).
@@ -274,6 +300,8 @@ def separable_conv2d(
     implementation: one of :data:`IMPLEMENTATIONS`; ``"auto"`` picks by
       backend and shape, ``"lax"`` is the reference built on
       `jax.lax.conv_general_dilated` with ``feature_group_count``.
+    padding_mode: beyond Keras, how the padded border is filled: one of
+      ``"zeros"`` (Keras), ``"reflect"``, ``"symmetric"`` or ``"circular"``.
 
   Returns:
     ``(N, H', W', filters)`` (or channels-first) in the compute dtype.
@@ -297,7 +325,7 @@ def separable_conv2d(
       inputs, depthwise_kernel, pointwise_kernel, bias, rank=2,
       strides=strides, padding=padding, data_format=data_format,
       dilation_rate=dilation_rate, precision=precision,
-      implementation=implementation,
+      implementation=implementation, padding_mode=padding_mode,
   )
 
 
@@ -311,6 +339,7 @@ def depthwise_conv2d(
     dilation_rate: int | Sequence[int] = 1,
     precision: PrecisionLike = None,
     implementation: str = "auto",
+    padding_mode: str = "zeros",
 ) -> jax.Array:
   """The depthwise step of :func:`separable_conv2d` alone.
 
@@ -337,4 +366,5 @@ def depthwise_conv2d(
       inputs, depthwise_kernel, rank=2, strides=strides, padding=padding,
       data_format=data_format, dilation_rate=dilation_rate,
       precision=precision, implementation=implementation,
+      padding_mode=padding_mode,
   )
