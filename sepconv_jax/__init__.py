@@ -1,6 +1,7 @@
 """Keras-exact depthwise-separable convolutions for JAX and Flax."""
 
 from sepconv_jax import constraints
+from sepconv_jax import nnx
 from sepconv_jax import regularizers
 from sepconv_jax._args import PADDING_MODES
 from sepconv_jax._linen import DepthwiseConv2D
@@ -31,6 +32,7 @@ __all__ = (
     "collect_constraints",
     "constraints",
     "depthwise_conv2d",
+    "nnx",
     "regularization_loss",
     "regularizers",
     "separable_conv2d",

@@ -2,109 +2,41 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, NamedTuple, Optional, Sequence
+from typing import Any, Callable, ClassVar, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax.linen.dtypes import promote_dtype
 
-from sepconv_jax import _activations
-from sepconv_jax import _args
-from sepconv_jax import _constraints
-from sepconv_jax import _initializers
+from sepconv_jax import _layers
 from sepconv_jax import _ops
 from sepconv_jax import _regularizers
 
 
-class _Config(NamedTuple):
-  """A layer's validated configuration, with names resolved."""
-
-  spec: _args.ConvSpec
-  kernel_size: tuple[int, ...]
-  filters: Optional[int]
-  depth_multiplier: int
-  activation: Optional[Callable]
-  initializers: dict[str, Callable]
-  regularizers: dict[str, Optional[Callable]]
-  activity_regularizer: Optional[Callable]
-  constraints: dict[str, Optional[Callable]]
-
-
 class _KerasConv(nn.Module):
-  """What the Keras-style layers share: validation, params, penalties.
+  """What the Keras-style linen layers share: params, penalties, shapes.
 
-  A subclass declares its dataclass fields (the Keras arguments), its rank,
-  the Keras name of each weight in `_PARAM_NAMES` (keyed by the prefix of
-  its ``*_initializer``/``*_regularizer``/``*_constraint`` attributes), and
-  `_param_shapes` and `_out_channels`. `__call__` creates the params with
-  Keras's names and hands them to :func:`sepconv_jax._ops.convolve`.
+  A subclass declares its dataclass fields (the Keras arguments), its rank
+  and its `_FAMILY`; the rest lives in :mod:`sepconv_jax._layers`, shared
+  with the NNX layers.
   """
 
   _rank: ClassVar[int]
-  _PARAM_NAMES: ClassVar[dict[str, str]]
+  _FAMILY: ClassVar[_layers.Family]
 
   def __post_init__(self):
     self._config()  # Bad arguments fail here, at construction, as in Keras.
     super().__post_init__()
 
-  def _config(self) -> _Config:
-    """Validates every attribute and resolves the Keras names."""
-    if not isinstance(self.use_bias, bool):
-      raise TypeError(f"`use_bias` (={self.use_bias!r}) must be a bool")
-    _ops.check_precision(self.precision)
-    _ops.check_implementation(self.implementation)
-    for name in ("dtype", "param_dtype"):
-      value = getattr(self, name)
-      if value is not None or name == "param_dtype":
-        try:
-          jnp.dtype(value)
-        except TypeError:
-          raise TypeError(f"`{name}` (={value!r}) is not a dtype") from None
-    weights = self._PARAM_NAMES
-    return _Config(
-        spec=_args.conv_spec(self._rank, self.strides, self.padding,
-                             self.data_format, self.dilation_rate,
-                             self.padding_mode),
-        kernel_size=_args.normalize_tuple(self.kernel_size, self._rank,
-                                          "kernel_size"),
-        filters=(_args.positive_int(self.filters, "filters")
-                 if hasattr(self, "filters") else None),
-        depth_multiplier=_args.positive_int(self.depth_multiplier,
-                                            "depth_multiplier"),
-        activation=_activations.get(self.activation),
-        initializers={
-            w: _initializers.get(getattr(self, f"{w}_initializer"),
-                                 f"{w}_initializer") for w in weights},
-        regularizers={
-            w: _regularizers.get(getattr(self, f"{w}_regularizer"),
-                                 f"{w}_regularizer") for w in weights},
-        activity_regularizer=_regularizers.get(self.activity_regularizer,
-                                               "activity_regularizer"),
-        constraints={
-            w: _constraints.get(getattr(self, f"{w}_constraint"),
-                                f"{w}_constraint") for w in weights},
-    )
-
-  def _param_shapes(self, cfg: _Config, channels: int) -> dict[str, tuple]:
-    """The shape of each weight, keyed as `_PARAM_NAMES`."""
-    raise NotImplementedError
-
-  def _out_channels(self, cfg: _Config, channels: Optional[int]):
-    """The output channel count for `channels` input channels."""
-    raise NotImplementedError
+  def _config(self) -> _layers.Config:
+    return _layers.layer_config(self, self._rank, self._FAMILY)
 
   def _param(self, name: str, init: Callable, shape: tuple,
              inputs_shape: tuple) -> jax.Array:
     """`self.param`, with a clear error when loaded params do not fit."""
     if self.has_variable("params", name):
       existing = jnp.shape(nn.meta.unbox(self.get_variable("params", name)))
-      if existing != shape:
-        raise ValueError(
-            f"`{name}` (shape={existing}) does not fit `inputs`"
-            f" (shape={inputs_shape}): this layer needs shape {shape}; were"
-            " the params built for another channel count or configuration?"
-        )
+      _layers.check_param_shape(name, existing, shape, inputs_shape)
     return self.param(name, init, shape, self.param_dtype)
 
   @nn.compact
@@ -121,47 +53,30 @@ class _KerasConv(nn.Module):
     """
     cfg = self._config()
     x = _ops.as_array(inputs, "inputs")
-    leading, _, channels = _args.split_shape(cfg.spec, x.shape)
-    _args.check_channels(channels, shape=x.shape)
+    leading, channels = _layers.input_channels(cfg, x)
+    shapes = self._FAMILY.param_shapes(cfg, channels, self.use_bias)
     params = {
-        w: self._param(self._PARAM_NAMES[w], cfg.initializers[w], shape,
-                       tuple(x.shape))
-        for w, shape in self._param_shapes(cfg, channels).items()
+        w: self._param(self._FAMILY.param_names[w], cfg.initializers[w],
+                       shape, tuple(x.shape))
+        for w, shape in shapes.items()
     }
-    x, dk, pk, b = promote_dtype(x, params["depthwise"],
-                                 params.get("pointwise"), params.get("bias"),
-                                 dtype=self.dtype)
-    y = _ops.convolve(x, dk, pk, b, cfg.spec, self.precision,
-                      self.implementation)
-    if cfg.activation is not None:
-      y = cfg.activation(y)
+    y = _layers.forward(cfg, x, params, dtype=self.dtype,
+                        precision=self.precision,
+                        implementation=self.implementation)
     if not self.is_initializing():
-      self._sow_penalties(cfg, params, y, leading)
-    return y
-
-  def _sow_penalties(self, cfg: _Config, params: dict, y: jax.Array,
-                     leading: tuple) -> None:
-    """Sows each penalty into the ``losses`` collection, as Keras adds them.
-
-    A weight penalty is recorded once per apply, however often the layer is
-    called; the activity penalty once per call.
-    """
-    for w, value in params.items():
-      if cfg.regularizers[w] is not None:
-        self.sow(_regularizers.LOSSES, f"{w}_regularizer",
-                 cfg.regularizers[w](value), init_fn=lambda: 0.0,
+      # A weight penalty is recorded once per apply, however often the layer
+      # is called; the activity penalty once per call, as Keras adds them.
+      for name, value in _layers.weight_penalties(cfg, params).items():
+        self.sow(_regularizers.LOSSES, name, value, init_fn=lambda: 0.0,
                  reduce_fn=lambda _, new: new)
-    if cfg.activity_regularizer is not None:
-      batch = max(_args.batch_count(leading), 1)
-      self.sow(_regularizers.LOSSES, "activity_regularizer",
-               cfg.activity_regularizer(y) / batch)
+      activity = _layers.activity_penalty(cfg, y, leading)
+      if activity is not None:
+        self.sow(_regularizers.LOSSES, "activity_regularizer", activity)
+    return y
 
   def keras_constraints(self) -> dict[str, Callable]:
     """The constraint of each param that has one, by param name."""
-    cfg = self._config()
-    return {self._PARAM_NAMES[w]: cfg.constraints[w]
-            for w in self._param_shapes(cfg, 1)
-            if cfg.constraints[w] is not None}
+    return _layers.constraints(self._config(), self._FAMILY, self.use_bias)
 
   def compute_output_shape(self, input_shape: Sequence[Any]) -> tuple:
     """The output shape for `input_shape`, without running anything.
@@ -176,22 +91,7 @@ class _KerasConv(nn.Module):
     Raises:
       ValueError: for a shape the layer would reject.
     """
-    cfg = self._config()
-    shape = tuple(input_shape)
-    if not all(d is None or (_args.is_int(d) and d >= 0) for d in shape):
-      raise TypeError(
-          f"`input_shape` (={input_shape!r}) must hold non-negative ints or"
-          " None"
-      )
-    leading, spatial, channels = _args.split_shape(cfg.spec, shape,
-                                                   "input_shape")
-    _args.check_channels(channels, "input_shape", shape)
-    out = _args.output_spatial(cfg.spec, spatial, cfg.kernel_size,
-                               "input_shape")
-    out_channels = self._out_channels(cfg, channels)
-    if cfg.spec.channels_last:
-      return leading + out + (out_channels,)
-    return leading + (out_channels,) + out
+    return _layers.output_shape(self._config(), self._FAMILY, input_shape)
 
 
 class _SeparableConv(_KerasConv):
@@ -225,24 +125,7 @@ class _SeparableConv(_KerasConv):
   implementation: str = "auto"
   padding_mode: str = "zeros"
 
-  _PARAM_NAMES: ClassVar[dict[str, str]] = {
-      "depthwise": "depthwise_kernel",
-      "pointwise": "pointwise_kernel",
-      "bias": "bias",
-  }
-
-  def _param_shapes(self, cfg: _Config, channels: int) -> dict[str, tuple]:
-    shapes = {
-        "depthwise": cfg.kernel_size + (channels, cfg.depth_multiplier),
-        "pointwise": (1,) * self._rank + (channels * cfg.depth_multiplier,
-                                          cfg.filters),
-    }
-    if self.use_bias:
-      shapes["bias"] = (cfg.filters,)
-    return shapes
-
-  def _out_channels(self, cfg: _Config, channels: Optional[int]):
-    return cfg.filters
+  _FAMILY: ClassVar[_layers.Family] = _layers.SEPARABLE
 
 
 class SeparableConv1D(_SeparableConv):
@@ -403,17 +286,7 @@ class DepthwiseConv2D(_KerasConv):
   padding_mode: str = "zeros"
 
   _rank: ClassVar[int] = 2
-  _PARAM_NAMES: ClassVar[dict[str, str]] = {"depthwise": "kernel",
-                                            "bias": "bias"}
-
-  def _param_shapes(self, cfg: _Config, channels: int) -> dict[str, tuple]:
-    shapes = {"depthwise": cfg.kernel_size + (channels, cfg.depth_multiplier)}
-    if self.use_bias:
-      shapes["bias"] = (channels * cfg.depth_multiplier,)
-    return shapes
-
-  def _out_channels(self, cfg: _Config, channels: Optional[int]):
-    return None if channels is None else channels * cfg.depth_multiplier
+  _FAMILY: ClassVar[_layers.Family] = _layers.DEPTHWISE
 
 
 SeparableConvolution1D = SeparableConv1D

@@ -5,39 +5,53 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
+from flax import nnx
 import jax
 import optax
 
 ParamPath = tuple[str, ...]
 
 
-def collect_constraints(model: nn.Module, *args: Any, rngs: Any = None,
+def collect_constraints(model: Any, *args: Any, rngs: Any = None,
                         **kwargs: Any) -> dict[ParamPath, Callable]:
   """Finds the constraint of every param of every layer in `model`.
 
-  The model is traced once with `jax.eval_shape` (nothing is computed), and
-  every submodule with a ``keras_constraints()`` method, such as
-  :class:`SeparableConv2D` at any nesting depth, reports its constraints.
+  Every submodule with a ``keras_constraints()`` method, such as the
+  separable and depthwise layers at any nesting depth, reports its
+  constraints.
 
   Args:
-    model: a linen module.
-    *args: sample inputs for ``model.init``; only their shapes matter.
-    rngs: the ``rngs`` for ``model.init``; a fixed key by default.
-    **kwargs: more keyword arguments for ``model.init``.
+    model: a linen module, traced once with `jax.eval_shape` (nothing is
+      computed), or an NNX module, whose submodules are simply walked.
+    *args: for linen, sample inputs for ``model.init``; only their shapes
+      matter. None for NNX.
+    rngs: for linen, the ``rngs`` for ``model.init``; a fixed key by
+      default.
+    **kwargs: for linen, more keyword arguments for ``model.init``.
 
   Returns:
-    A dict from the path of each constrained param inside the ``params``
-    collection (e.g. ``("Block_0", "SeparableConv2D_0",
-    "depthwise_kernel")``) to its constraint.
+    A dict from the path of each constrained param (inside the ``params``
+    collection for linen, e.g. ``("Block_0", "SeparableConv2D_0",
+    "depthwise_kernel")``; inside ``nnx.state(model, nnx.Param)`` for NNX) to
+    its constraint.
   """
   found: dict[ParamPath, Callable] = {}
+
+  def record(path, module):
+    for name, fn in module.keras_constraints().items():
+      found[tuple(str(p) for p in path) + (name,)] = fn
+
+  if isinstance(model, nnx.Module):
+    for path, module in nnx.iter_modules(model):
+      if hasattr(module, "keras_constraints"):
+        record(path, module)
+    return found
 
   def interceptor(next_fun, args_, kwargs_, context):
     module = context.module
     if context.method_name == "__call__" and hasattr(module,
                                                      "keras_constraints"):
-      for name, fn in module.keras_constraints().items():
-        found[tuple(module.scope.path) + (name,)] = fn
+      record(module.scope.path, module)
     return next_fun(*args_, **kwargs_)
 
   if rngs is None:
@@ -48,7 +62,14 @@ def collect_constraints(model: nn.Module, *args: Any, rngs: Any = None,
 
 
 def _path_names(path) -> ParamPath:
-  return tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+  """Dict and sequence keys of a pytree path; NNX's `.value` is skipped."""
+  names = []
+  for k in path:
+    if isinstance(k, jax.tree_util.DictKey):
+      names.append(str(k.key))
+    elif isinstance(k, jax.tree_util.SequenceKey):
+      names.append(str(k.idx))
+  return tuple(names)
 
 
 def apply_constraints(

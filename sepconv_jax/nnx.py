@@ -1,0 +1,20 @@
+"""The layers as Flax NNX modules, following `flax.nnx.Conv` conventions.
+
+Each takes ``in_channels`` first and ``rngs`` last, creates its params
+eagerly with the linen layer's (and Keras's) names and shapes, and sows its
+regularization penalties as :class:`Losses`.
+"""
+
+from sepconv_jax._nnx import DepthwiseConv2D
+from sepconv_jax._nnx import Losses
+from sepconv_jax._nnx import SeparableConv1D
+from sepconv_jax._nnx import SeparableConv2D
+from sepconv_jax._nnx import SeparableConv3D
+
+__all__ = (
+    "DepthwiseConv2D",
+    "Losses",
+    "SeparableConv1D",
+    "SeparableConv2D",
+    "SeparableConv3D",
+)
