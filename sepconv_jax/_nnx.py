@@ -12,12 +12,23 @@ from sepconv_jax import _args
 from sepconv_jax import _layers
 from sepconv_jax import _ops
 
+# Flax >= 0.12 records sown values only inside `nnx.capture`, which marks
+# every module it captures with a `__captures__` attribute.
+_HAS_CAPTURE = hasattr(nnx, "capture")
+
 
 class Losses(nnx.Intermediate):
   """The variable type that the NNX layers sow their penalties into.
 
-  ``sepconv_jax.regularization_loss(nnx.pop(model, Losses))`` sums (and
-  clears) them, as the linen ``losses`` collection is summed.
+  Capture them with `nnx.capture` and sum them as the linen ``losses``
+  collection is summed::
+
+    y, losses = nnx.capture(model, Losses)(x)
+    penalty = sepconv_jax.regularization_loss(losses)
+
+  Calls outside a capture record nothing, as Flax deprecates sowing there.
+  (On a Flax without `nnx.capture`, penalties are sown as attributes;
+  ``nnx.pop(model, Losses)`` takes them.)
   """
 
 
@@ -58,7 +69,8 @@ class _KerasConv(nnx.Module):
   def __call__(self, inputs: jax.typing.ArrayLike) -> jax.Array:
     """Applies the layer; see the linen layer of the same name.
 
-    Penalties of the regularizers are sown as :class:`Losses`.
+    Under ``nnx.capture(model, Losses)`` the penalties of the regularizers
+    are sown as :class:`Losses`.
     """
     cfg = self._config()
     x = _ops.as_array(inputs, "inputs")
@@ -72,6 +84,8 @@ class _KerasConv(nnx.Module):
     y = _layers.forward(cfg, x, params, dtype=self.dtype,
                         precision=self.precision,
                         implementation=self.implementation)
+    if _HAS_CAPTURE and not hasattr(self, "__captures__"):
+      return y  # Not under `nnx.capture`: nothing records the penalties.
     # Named as in the linen `losses` collection plus "_loss", since the
     # plain names are the regularizer attributes themselves.
     for name, value in _layers.weight_penalties(cfg, params).items():
