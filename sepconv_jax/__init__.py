@@ -4,6 +4,9 @@ from sepconv_jax import constraints
 from sepconv_jax import nnx
 from sepconv_jax import regularizers
 from sepconv_jax._args import PADDING_MODES
+from sepconv_jax._keras_interop import load_keras_layers
+from sepconv_jax._keras_interop import params_from_keras
+from sepconv_jax._keras_interop import params_to_keras
 from sepconv_jax._linen import DepthwiseConv2D
 from sepconv_jax._linen import SeparableConv1D
 from sepconv_jax._linen import SeparableConv2D
@@ -32,7 +35,10 @@ __all__ = (
     "collect_constraints",
     "constraints",
     "depthwise_conv2d",
+    "load_keras_layers",
     "nnx",
+    "params_from_keras",
+    "params_to_keras",
     "regularization_loss",
     "regularizers",
     "separable_conv2d",

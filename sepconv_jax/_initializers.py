@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -17,9 +17,19 @@ Initializer = Callable[..., jax.Array]
 _TRUNCATED_STD = 0.87962566103423978
 
 
-def compute_fans(shape: Sequence[int]) -> tuple[int, int]:
-  """Fans as Keras computes them: the receptive field multiplies both."""
+def compute_fans(shape: Sequence[int],
+                 input_axes: Optional[Sequence[int]] = None,
+                 output_axes: Optional[Sequence[int]] = None
+                 ) -> tuple[int, int]:
+  """Fans as Keras computes them: the receptive field multiplies both.
+
+  With both `input_axes` and `output_axes` given, each fan is instead the
+  product of the sizes along those axes, as in Keras 3's `compute_fans`.
+  """
   shape = tuple(shape)
+  if input_axes is not None and output_axes is not None:
+    return (math.prod(shape[a] for a in input_axes),
+            math.prod(shape[a] for a in output_axes))
   if not shape:
     return 1, 1
   if len(shape) == 1:
@@ -30,11 +40,14 @@ def compute_fans(shape: Sequence[int]) -> tuple[int, int]:
   return shape[-2] * receptive_field, shape[-1] * receptive_field
 
 
-def variance_scaling(scale: float, mode: str, distribution: str) -> Initializer:
+def variance_scaling(scale: float, mode: str, distribution: str,
+                     input_axes: Optional[Sequence[int]] = None,
+                     output_axes: Optional[Sequence[int]] = None
+                     ) -> Initializer:
   """Keras's `VarianceScaling` with fans from :func:`compute_fans`."""
 
   def init(key, shape, dtype=jnp.float32):
-    fan_in, fan_out = compute_fans(shape)
+    fan_in, fan_out = compute_fans(shape, input_axes, output_axes)
     fan = {"fan_in": fan_in, "fan_out": fan_out,
            "fan_avg": (fan_in + fan_out) / 2.0}[mode]
     variance = scale / max(1.0, fan)
@@ -93,6 +106,11 @@ def _constant(value: float) -> Initializer:
     del key
     return jnp.full(shape, value, dtype)
   return init
+
+
+def constant(value: float = 0.0) -> Initializer:
+  """Keras's `Constant(value)`: every entry is `value`."""
+  return _constant(value)
 
 
 _FACTORIES: dict[str, Callable[[], Initializer]] = {

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sepconv_jax import _keras_interop
 from sepconv_jax import _layers
 from sepconv_jax import _ops
 from sepconv_jax import _regularizers
@@ -213,6 +214,38 @@ class SeparableConv2D(_SeparableConv):
   dilation_rate: int | Sequence[int] = (1, 1)
 
   _rank: ClassVar[int] = 2
+
+  @classmethod
+  def from_keras_config(cls, config: dict[str, Any], *,
+                        allow_frozen: bool = False) -> "SeparableConv2D":
+    """Builds the layer from ``keras.layers.SeparableConv2D.get_config()``.
+
+    Args:
+      config: the Keras 3 config, nested serialized objects and all.
+      allow_frozen: accept ``"trainable": False`` (the caller freezes the
+        params in the optimizer; Flax modules have no trainable flag).
+
+    Returns:
+      The module; the Keras ``name`` becomes its Flax ``name``.
+
+    Raises:
+      ValueError: naming unknown keys and classes that cannot be honoured.
+        See :func:`sepconv_jax._keras_interop.from_keras_config`.
+    """
+    return _keras_interop.from_keras_config(cls, config,
+                                            allow_frozen=allow_frozen)
+
+  def to_keras_config(self) -> dict[str, Any]:
+    """The config for ``keras.layers.SeparableConv2D.from_config``.
+
+    Returns:
+      A dict shaped like Keras 3's ``get_config()``.
+
+    Raises:
+      ValueError: naming any attribute Keras cannot express, such as a lambda
+        activation. See :func:`sepconv_jax._keras_interop.to_keras_config`.
+    """
+    return _keras_interop.to_keras_config(self)
 
 
 class SeparableConv3D(_SeparableConv):
