@@ -19,8 +19,19 @@ def _norms(w: jax.Array, axis) -> jax.Array:
   return jnp.sqrt(jnp.sum(jnp.square(w), axis=axis, keepdims=True))
 
 
+class _AxisConstraint:
+  """Keeps `axis` hashable: Keras accepts a list, which we store as a tuple.
+
+  Hashable constraints keep modules hashable (``jax.jit`` static arguments).
+  """
+
+  def __post_init__(self):
+    if isinstance(self.axis, list):
+      object.__setattr__(self, "axis", tuple(self.axis))
+
+
 @dataclasses.dataclass(frozen=True)
-class MaxNorm:
+class MaxNorm(_AxisConstraint):
   """Scales slices whose L2 norm along `axis` exceeds `max_value`."""
 
   max_value: float = 2.0
@@ -41,7 +52,7 @@ class NonNeg:
 
 
 @dataclasses.dataclass(frozen=True)
-class UnitNorm:
+class UnitNorm(_AxisConstraint):
   """Scales slices along `axis` to unit L2 norm."""
 
   axis: Any = 0
@@ -51,7 +62,7 @@ class UnitNorm:
 
 
 @dataclasses.dataclass(frozen=True)
-class MinMaxNorm:
+class MinMaxNorm(_AxisConstraint):
   """Moves slice norms along `axis` towards [min_value, max_value]."""
 
   min_value: float = 0.0
