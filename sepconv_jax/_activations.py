@@ -21,6 +21,10 @@ def _soft_shrink(x, threshold=0.5):
                    jnp.where(x < -threshold, x + threshold, 0.0))
 
 
+def _hard_shrink(x, threshold=0.5):
+  return jnp.where(jnp.abs(x) > threshold, x, 0.0)
+
+
 def _mish(x):
   return x * jnp.tanh(jax.nn.softplus(x))
 
@@ -31,7 +35,8 @@ def _tanh_shrink(x):
 
 # Keras 3's `keras.activations` names (and aliases), each with the defaults
 # of the Keras function: leaky_relu's slope is 0.2, gelu is the exact erf
-# form, softmax and friends act on the last axis whatever the data format.
+# form, softmax and log_softmax act on the last axis whatever the data
+# format.
 _ACTIVATIONS: dict[str, Activation] = {
     "linear": _linear,
     "relu": jax.nn.relu,
@@ -46,7 +51,6 @@ _ACTIVATIONS: dict[str, Activation] = {
     "tanh_shrink": _tanh_shrink,
     "softmax": lambda x: jax.nn.softmax(x, axis=-1),
     "log_softmax": lambda x: jax.nn.log_softmax(x, axis=-1),
-    "glu": lambda x: jax.nn.glu(x, axis=-1),
     "elu": lambda x: jax.nn.elu(x, alpha=1.0),
     "celu": lambda x: jax.nn.celu(x, alpha=1.0),
     "selu": jax.nn.selu,
@@ -55,6 +59,7 @@ _ACTIVATIONS: dict[str, Activation] = {
     "squareplus": lambda x: jax.nn.squareplus(x, b=4),
     "softsign": jax.nn.soft_sign,
     "soft_shrink": _soft_shrink,
+    "hard_shrink": _hard_shrink,
     "silu": jax.nn.silu,
     "swish": jax.nn.silu,
     "hard_silu": jax.nn.hard_silu,
@@ -65,6 +70,11 @@ _ACTIVATIONS: dict[str, Activation] = {
 }
 
 _TABLE = {k: (lambda f=f: f) for k, f in _ACTIVATIONS.items()}
+
+# Keras 3 names left out: `threshold` has no defaults, `sparsemax` no JAX
+# counterpart, and `glu` halves the last axis, so a layer's output would no
+# longer have `filters` channels.
+_UNSUPPORTED = ("glu", "sparsemax", "threshold")
 
 #: Every activation name that :func:`get` accepts.
 NAMES: tuple[str, ...] = tuple(sorted(_ACTIVATIONS))
@@ -78,4 +88,4 @@ def get(identifier: Any, name: str = "activation") -> Optional[Activation]:
     TypeError: for anything else that is not callable.
   """
   return _args.lookup(identifier, _TABLE, name, "activation",
-                      allow_none=True)
+                      allow_none=True, unsupported=_UNSUPPORTED)

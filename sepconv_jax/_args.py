@@ -260,7 +260,8 @@ def split_shape(spec: ConvSpec, shape: Sequence[Any],
 
 
 def output_spatial(spec: ConvSpec, spatial: Sequence[Any],
-                   kernel: Sequence[int], name: str = "inputs") -> tuple:
+                   kernel: Sequence[int], name: str = "inputs",
+                   shape: Sequence[Any] = ()) -> tuple:
   """The output spatial shape; None sizes stay None.
 
   Raises:
@@ -277,9 +278,10 @@ def output_spatial(spec: ConvSpec, spatial: Sequence[Any],
   out = tuple(out)
   if any(o is not None and o < 1 for o in out):
     raise ValueError(
-        f"`{name}` (spatial shape={tuple(spatial)}) is too small for kernel"
-        f" size {tuple(kernel)} with dilation_rate {spec.dilation_rate} and"
-        f" padding={spec.padding!r}: the output size would be {out}"
+        f"`{name}` (shape={tuple(shape)}) is too small: its spatial shape"
+        f" {tuple(spatial)} with kernel size {tuple(kernel)}, dilation_rate"
+        f" {spec.dilation_rate} and padding={spec.padding!r} gives output"
+        f" size {out}"
     )
   return out
 
@@ -319,7 +321,8 @@ def batch_count(leading: Sequence[int]) -> int:
 
 
 def lookup(identifier: Any, table: Mapping[str, Callable[[], Any]], name: str,
-           kind: str, allow_none: bool) -> Any:
+           kind: str, allow_none: bool, unsupported: Sequence[str] = ()
+           ) -> Any:
   """Resolves a Keras name through `table`; callables pass through.
 
   Args:
@@ -328,6 +331,7 @@ def lookup(identifier: Any, table: Mapping[str, Callable[[], Any]], name: str,
     name: the argument's name, for error messages.
     kind: what the table holds ("activation", "initializer", ...).
     allow_none: whether None is accepted (and returned).
+    unsupported: Keras names that are deliberately not supported.
 
   Raises:
     ValueError: for an unknown name, listing the known ones.
@@ -340,6 +344,11 @@ def lookup(identifier: Any, table: Mapping[str, Callable[[], Any]], name: str,
     raise TypeError(
         f"`{name}` (={identifier!r}) must be {accepted} or a Keras {kind}"
         f" name, not {type(identifier).__name__}"
+    )
+  if identifier in unsupported:
+    raise ValueError(
+        f"`{name}` (={identifier!r}) is a Keras {kind} that sepconv_jax does"
+        f" not support; supported names: {', '.join(sorted(table))}"
     )
   if identifier not in table:
     raise ValueError(

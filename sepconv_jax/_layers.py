@@ -203,7 +203,7 @@ def output_shape(cfg: Config, family: Family,
                                                  "input_shape")
   _args.check_channels(channels, "input_shape", shape)
   out = _args.output_spatial(cfg.spec, spatial, cfg.kernel_size,
-                             "input_shape")
+                             "input_shape", shape)
   out_channels = family.out_channels(cfg, channels)
   if cfg.spec.channels_last:
     return leading + out + (out_channels,)

@@ -197,7 +197,7 @@ def convolve(
         " size of 0"
     )
   kernel_size = dk.shape[:n]
-  _args.output_spatial(spec, spatial, kernel_size)
+  _args.output_spatial(spec, spatial, kernel_size, shape=x.shape)
   out_channels = dk.shape[-2] * dk.shape[-1]
   pk = b = None
   if pointwise_kernel is not None:
