@@ -32,6 +32,13 @@ class Losses(nnx.Intermediate):
   """
 
 
+def _store_arguments(layer: nnx.Module, arguments: dict[str, Any]) -> None:
+  """Stores a constructor's Keras arguments as the layer's attributes."""
+  for name, value in arguments.items():
+    if name not in ("self", "in_channels", "rngs", "__class__"):
+      setattr(layer, name, value)
+
+
 class _KerasConv(nnx.Module):
   """What the Keras-style NNX layers share.
 
@@ -174,30 +181,7 @@ class _SeparableConv(_KerasConv):
     Raises:
       TypeError, ValueError: naming the first bad argument.
     """
-    self.filters = filters
-    self.kernel_size = kernel_size
-    self.strides = strides
-    self.padding = padding
-    self.data_format = data_format
-    self.dilation_rate = dilation_rate
-    self.depth_multiplier = depth_multiplier
-    self.activation = activation
-    self.use_bias = use_bias
-    self.depthwise_initializer = depthwise_initializer
-    self.pointwise_initializer = pointwise_initializer
-    self.bias_initializer = bias_initializer
-    self.depthwise_regularizer = depthwise_regularizer
-    self.pointwise_regularizer = pointwise_regularizer
-    self.bias_regularizer = bias_regularizer
-    self.activity_regularizer = activity_regularizer
-    self.depthwise_constraint = depthwise_constraint
-    self.pointwise_constraint = pointwise_constraint
-    self.bias_constraint = bias_constraint
-    self.dtype = dtype
-    self.param_dtype = param_dtype
-    self.precision = precision
-    self.implementation = implementation
-    self.padding_mode = padding_mode
+    _store_arguments(self, locals())
     self._build(in_channels, rngs)
 
 
@@ -316,24 +300,5 @@ class DepthwiseConv2D(_KerasConv):
     Raises:
       TypeError, ValueError: naming the first bad argument.
     """
-    self.kernel_size = kernel_size
-    self.strides = strides
-    self.padding = padding
-    self.depth_multiplier = depth_multiplier
-    self.data_format = data_format
-    self.dilation_rate = dilation_rate
-    self.activation = activation
-    self.use_bias = use_bias
-    self.depthwise_initializer = depthwise_initializer
-    self.bias_initializer = bias_initializer
-    self.depthwise_regularizer = depthwise_regularizer
-    self.bias_regularizer = bias_regularizer
-    self.activity_regularizer = activity_regularizer
-    self.depthwise_constraint = depthwise_constraint
-    self.bias_constraint = bias_constraint
-    self.dtype = dtype
-    self.param_dtype = param_dtype
-    self.precision = precision
-    self.implementation = implementation
-    self.padding_mode = padding_mode
+    _store_arguments(self, locals())
     self._build(in_channels, rngs)
