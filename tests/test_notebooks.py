@@ -1,0 +1,110 @@
+"""Executes every notebook in notebooks/; a cell that raises fails the test.
+
+The notebooks run concurrently, each in its own subprocess (nbclient, a fresh
+python3 kernel), so the wall time is about that of the slowest. The committed
+files must also carry their executed outputs (the plots embedded as PNG), so
+that they read without rerunning.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+pytest.importorskip("matplotlib")
+pytest.importorskip("sklearn")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+TIMEOUT = 300
+
+_RUNNER = textwrap.dedent("""
+    import os, sys
+    import nbformat
+    from nbclient import NotebookClient
+
+    path, out = sys.argv[1], sys.argv[2]
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=%d, kernel_name="python3",
+                   resources={"metadata": {"path": os.path.dirname(path)}}
+                   ).execute()
+    nbformat.write(nb, out)
+""" % TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def executions(tmp_path_factory):
+  """Starts every notebook at once; each test waits for its own."""
+  out_dir = tmp_path_factory.mktemp("executed")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+  started = {}
+  for path in NOTEBOOKS:
+    out = out_dir / path.name
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _RUNNER, str(path), str(out)], env=env,
+        cwd=path.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    started[path.name] = (proc, out)
+  yield started
+  for proc, _ in started.values():
+    if proc.poll() is None:
+      proc.kill()
+      proc.communicate()
+
+
+def test_the_notebooks_exist():
+  assert {p.name for p in NOTEBOOKS} >= {"quickstart.ipynb",
+                                         "separable_vs_regular.ipynb"}
+
+
+def _errors(nb) -> list[str]:
+  return [f"cell {i}: {o.get('ename')}: {o.get('evalue')}"
+          for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
+          for o in cell.get("outputs", []) if o.output_type == "error"]
+
+
+@pytest.mark.parametrize("name", [p.name for p in NOTEBOOKS])
+def test_notebook_executes_without_errors(executions, name):
+  proc, out = executions[name]
+  try:
+    stdout, stderr = proc.communicate(timeout=TIMEOUT + 60)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    stdout, stderr = proc.communicate()
+    pytest.fail(f"{name} did not finish in {TIMEOUT + 60} s")
+  # nbclient raises CellExecutionError (with the cell and its traceback) on
+  # the first cell that errors.
+  assert proc.returncode == 0, f"{name} failed:\n{stderr[-8000:]}"
+  executed = nbformat.read(out, as_version=4)
+  assert not _errors(executed)
+  code = [c for c in executed.cells if c.cell_type == "code"]
+  assert code and all(c.get("execution_count") for c in code)
+
+
+@pytest.mark.parametrize("name", [p.name for p in NOTEBOOKS])
+def test_committed_notebook_carries_its_outputs(name):
+  """Committed executed, without errors, so it reads without rerunning."""
+  nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+  nbformat.validate(nb)
+  code = [c for c in nb.cells if c.cell_type == "code"]
+  assert all(c.get("execution_count") for c in code), "not executed"
+  assert all(c.get("outputs") for c in code), "a code cell has no output"
+  assert not _errors(nb)
+  kernel = nb.metadata.get("kernelspec", {}).get("name")
+  assert kernel == "python3"
+
+
+def test_research_notebook_embeds_its_plots():
+  nb = nbformat.read(ROOT / "notebooks" / "separable_vs_regular.ipynb",
+                     as_version=4)
+  pngs = [o for c in nb.cells if c.cell_type == "code"
+          for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+  assert len(pngs) >= 2
