@@ -22,6 +22,9 @@ _PADDINGS = ("valid", "same")
 #: symmetric and wrap ("circular") modes.
 PADDING_MODES = ("zeros", "reflect", "symmetric", "circular")
 
+# Sizes, strides and counts beyond int32 would only reach XLA as overflows.
+_MAX_SIZE = 2**31 - 1
+
 
 def is_int(value: Any) -> bool:
   return isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -36,6 +39,8 @@ def positive_int(value: Any, name: str) -> int:
     )
   if value < 1:
     raise ValueError(f"`{name}` (={value!r}) must be a positive int")
+  if value > _MAX_SIZE:
+    raise ValueError(f"`{name}` (={value!r}) must be at most {_MAX_SIZE}")
   return int(value)
 
 
@@ -58,6 +63,8 @@ def normalize_tuple(value: Any, rank: int, name: str) -> tuple[int, ...]:
     )
   if any(v < 1 for v in values):
     raise ValueError(f"`{name}` (={value!r}) must be {what}")
+  if any(v > _MAX_SIZE for v in values):
+    raise ValueError(f"`{name}` (={value!r}) must be at most {_MAX_SIZE}")
   return tuple(int(v) for v in values)
 
 

@@ -104,9 +104,11 @@ def layer_config(layer: Any, rank: int, family: Family) -> Config:
     value = getattr(layer, name)
     if value is not None or name == "param_dtype":
       try:
-        jnp.dtype(value)
+        floating = jnp.issubdtype(jnp.dtype(value), jnp.floating)
       except TypeError:
         raise TypeError(f"`{name}` (={value!r}) is not a dtype") from None
+      if not floating:
+        raise TypeError(f"`{name}` (={value!r}) must be a floating dtype")
   weights = family.param_names
   return Config(
       spec=_args.conv_spec(rank, layer.strides, layer.padding,
@@ -193,6 +195,11 @@ def output_shape(cfg: Config, family: Family,
     TypeError: for entries that are not non-negative ints or None.
     ValueError: for a shape the layer would reject.
   """
+  if not isinstance(input_shape, (tuple, list)):
+    raise TypeError(
+        f"`input_shape` (={input_shape!r}) must be a tuple or list of"
+        " non-negative ints or None"
+    )
   shape = tuple(input_shape)
   if not all(d is None or (_args.is_int(d) and d >= 0) for d in shape):
     raise TypeError(

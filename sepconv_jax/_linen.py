@@ -38,6 +38,11 @@ class _KerasConv(nn.Module):
     if self.has_variable("params", name):
       existing = jnp.shape(nn.meta.unbox(self.get_variable("params", name)))
       _layers.check_param_shape(name, existing, shape, inputs_shape)
+    elif not self.is_mutable_collection("params"):
+      raise ValueError(
+          f"`{name}` (shape={shape}) is missing from the params given to"
+          " `apply`; were they built for a layer with another `use_bias`?"
+      )
     return self.param(name, init, shape, self.param_dtype)
 
   @nn.compact
