@@ -24,6 +24,7 @@ from jax import lax
 from jax.typing import ArrayLike
 
 from sepconv_jax import _args
+from sepconv_jax import _taps
 
 PrecisionLike = Any
 
@@ -70,6 +71,8 @@ def _lax_pointwise(y, kernel, spec, precision):
 
 _IMPLEMENTATIONS: dict[str, Implementation] = {
     "lax": Implementation(_lax_depthwise, _lax_pointwise),
+    # Shifted taps + matmul, with a custom VJP: see `sepconv_jax._taps`.
+    "taps": Implementation(_taps.depthwise, _taps.pointwise),
 }
 
 #: The names accepted by every ``implementation=`` argument.
@@ -90,11 +93,32 @@ def check_implementation(implementation: Any) -> None:
     )
 
 
+def auto_implementation(backend: Optional[str] = None) -> str:
+  """The implementation ``implementation="auto"`` runs on `backend`.
+
+  The policy, from ``scripts/benchmark.py`` (results in
+  ``scripts/benchmark_results/``):
+
+  * CPU: ``"taps"``. XLA:CPU runs grouped convolutions as a slow generic
+    loop and expands their kernel gradient into a dense ``C x C``
+    convolution; the shifted taps were faster in the forward pass and the
+    training step at every benchmarked shape, strided ones included.
+  * GPU, TPU and anything else: ``"lax"``, whose grouped convolutions those
+    backends implement natively (not measured here).
+
+  Args:
+    backend: a `jax.default_backend()` name; None reads the current one.
+  """
+  if backend is None:
+    backend = jax.default_backend()
+  return "taps" if backend == "cpu" else "lax"
+
+
 def _choose(implementation: Any) -> Implementation:
   """Resolves an ``implementation=`` argument."""
   check_implementation(implementation)
   if implementation == "auto":
-    return _IMPLEMENTATIONS["lax"]
+    implementation = auto_implementation()
   return _IMPLEMENTATIONS[implementation]
 
 

@@ -1,0 +1,710 @@
+"""Benchmarks sepconv_jax's implementations against other libraries' ones.
+
+For each shape it times, in one process and on the same cores:
+
+* every sepconv_jax implementation (``sepconv_jax.IMPLEMENTATIONS`` less
+  "auto", which resolves to one of them; the run records which);
+* the peers that are installed: Keras 3 ``keras.ops.separable_conv`` on the
+  JAX backend, ``flax.linen.Conv`` (``feature_group_count``) + 1x1
+  ``Conv``, PyTorch ``conv2d(groups=C)`` + 1x1 in channels_last, and
+  TensorFlow ``tf.nn.separable_conv2d``. A peer that is not installed is
+  skipped and the run says so.
+
+Two things are timed: the forward pass, and a training step (the output
+and the VJP with respect to the input and both kernels, with a fixed
+cotangent). Each is compiled (JAX: `jax.jit`; TensorFlow: `tf.function`),
+warmed up, then timed repeatedly (``jax.block_until_ready`` for JAX); the
+medians (and minimums) are reported. The implementations of a shape are
+timed in interleaved blocks (see `time_cases`) so that a load change hits
+all of them alike. For the sepconv_jax implementations the run also records the
+temporary bytes of the compiled forward pass and training step
+(``compiled.memory_analysis().temp_size_in_bytes``).
+
+Output (in ``--out``, default ``scripts/benchmark_results``): ``results.md``
+(Markdown tables), ``results.json`` and ``speedup.png`` (bar chart of the
+speedups; skipped with a message if matplotlib is missing), plus the
+device, the library versions and the load average in all of them.
+
+Usage:
+  python scripts/benchmark.py            # the canonical shapes (minutes)
+  python scripts/benchmark.py --quick    # a tiny smoke run (seconds)
+  python scripts/benchmark.py --peers torch tf --repeats 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable, NamedTuple, Optional
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(_HERE))
+
+import sepconv_jax  # noqa: E402
+from sepconv_jax import _ops  # noqa: E402
+
+
+class Shape(NamedTuple):
+  batch: int
+  height: int
+  width: int
+  channels: int
+  filters: int
+  stride: int
+  kernel: int = 3
+
+  @property
+  def label(self) -> str:
+    s = f"{self.height}x{self.width}x{self.channels}->{self.filters}"
+    return s + (f" /{self.stride}" if self.stride > 1 else "")
+
+  @property
+  def out_hw(self) -> tuple[int, int]:
+    return (-(-self.height // self.stride), -(-self.width // self.stride))
+
+  @property
+  def output_bytes(self) -> int:
+    oh, ow = self.out_hw
+    return 4 * self.batch * oh * ow * self.filters
+
+  def flops(self) -> int:
+    """Multiply-adds x 2 of the forward pass (depthwise + pointwise)."""
+    oh, ow = self.out_hw
+    pixels = self.batch * oh * ow
+    return 2 * pixels * self.channels * (self.kernel ** 2 + self.filters)
+
+  def min_bytes(self) -> int:
+    """Bytes the forward pass must at least read and write (float32)."""
+    return 4 * (self.batch * self.height * self.width * self.channels
+                + self.kernel ** 2 * self.channels
+                + self.channels * self.filters) + self.output_bytes
+
+
+CANONICAL = [
+    Shape(8, 112, 112, 32, 64, 1),
+    Shape(8, 56, 56, 128, 128, 1),
+    Shape(8, 28, 28, 256, 256, 1),
+    Shape(8, 14, 14, 512, 512, 1),
+    Shape(8, 7, 7, 1024, 1024, 1),
+    Shape(8, 19, 19, 728, 728, 1),
+    Shape(8, 112, 112, 64, 128, 2),
+]
+
+QUICK = [
+    Shape(2, 8, 8, 4, 8, 1),
+    Shape(2, 9, 9, 4, 4, 2),
+]
+
+PEERS = ("keras", "flax", "torch", "tf")
+PEER_NAMES = {
+    "keras": "Keras 3 (JAX backend)",
+    "flax": "flax.linen.Conv",
+    "torch": "PyTorch (channels_last)",
+    "tf": "TensorFlow",
+}
+
+
+class Case(NamedTuple):
+  """One thing to time at one shape."""
+
+  name: str          # "taps", "lax", "keras", ...
+  library: str       # "sepconv_jax" or the peer's name
+  forward: Callable[[], Any]
+  train: Callable[[], Any]
+  fwd_temp: Optional[int] = None
+  train_temp: Optional[int] = None
+
+
+def _arrays(shape: Shape, seed: int = 0):
+  rng = np.random.default_rng(seed)
+  n, h, w, c, f = shape[:5]
+  k = shape.kernel
+  x = rng.standard_normal((n, h, w, c), np.float32)
+  dk = (rng.standard_normal((k, k, c, 1), np.float32) / k).astype(np.float32)
+  pk = (rng.standard_normal((1, 1, c, f), np.float32) /
+        math.sqrt(c)).astype(np.float32)
+  oh, ow = shape.out_hw
+  g = rng.standard_normal((n, oh, ow, f), np.float32)
+  return x, dk, pk, g
+
+
+def _jax_case(name, library, fn, params, x, g, memory: bool) -> Case:
+  """A Case from fn(x, *params) -> y, timed through jax.jit."""
+  x = jnp.asarray(x)
+  params = jax.tree.map(jnp.asarray, params)
+  g = jnp.asarray(g)
+  fwd = jax.jit(fn)
+
+  def step(x, params, g):
+    y, vjp = jax.vjp(fn, x, params)
+    return y, vjp(g)
+
+  train = jax.jit(step)
+  fwd_c = fwd.lower(x, params).compile()
+  train_c = train.lower(x, params, g).compile()
+  fwd_temp = train_temp = None
+  if memory:
+    fwd_temp = int(fwd_c.memory_analysis().temp_size_in_bytes)
+    train_temp = int(train_c.memory_analysis().temp_size_in_bytes)
+  return Case(
+      name, library,
+      lambda: jax.block_until_ready(fwd_c(x, params)),
+      lambda: jax.block_until_ready(train_c(x, params, g)),
+      fwd_temp, train_temp)
+
+
+def sepconv_cases(shape: Shape, impls) -> list[Case]:
+  x, dk, pk, g = _arrays(shape)
+  cases = []
+  for impl in impls:
+    def fn(x, params, impl=impl):
+      return sepconv_jax.separable_conv2d(
+          x, params[0], params[1], strides=shape.stride, padding="same",
+          implementation=impl)
+    cases.append(_jax_case(impl, "sepconv_jax", fn, (dk, pk), x, g, True))
+  return cases
+
+
+def keras_case(shape: Shape) -> Case:
+  import keras  # noqa: F401  (KERAS_BACKEND=jax is set above)
+  if keras.backend.backend() != "jax":
+    raise RuntimeError(f"Keras backend is {keras.backend.backend()!r}, not"
+                       " 'jax' (set KERAS_BACKEND=jax)")
+  x, dk, pk, g = _arrays(shape)
+
+  def fn(x, params):
+    return keras.ops.separable_conv(x, params[0], params[1],
+                                    strides=shape.stride, padding="same",
+                                    data_format="channels_last")
+  return _jax_case("keras", PEER_NAMES["keras"], fn, (dk, pk), x, g, False)
+
+
+def flax_case(shape: Shape) -> Case:
+  import flax.linen as nn
+  x, dk, pk, g = _arrays(shape)
+  c, f, k = shape.channels, shape.filters, shape.kernel
+
+  class Separable(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.Conv(c, (k, k), strides=shape.stride, padding="SAME",
+                  feature_group_count=c, use_bias=False, name="dw")(x)
+      return nn.Conv(f, (1, 1), use_bias=False, name="pw")(x)
+
+  model = Separable()
+  # flax's grouped kernel is (kh, kw, 1, C): Keras's (kh, kw, C, 1), reshaped.
+  params = {"params": {"dw": {"kernel": dk.reshape(k, k, 1, c)},
+                       "pw": {"kernel": pk}}}
+
+  def fn(x, params):
+    return model.apply(params, x)
+  return _jax_case("flax", PEER_NAMES["flax"], fn, params, x, g, False)
+
+
+def torch_case(shape: Shape) -> Case:
+  import torch
+  import torch.nn.functional as F
+  torch.set_num_threads(os.cpu_count() or 1)
+  x, dk, pk, g = _arrays(shape)
+  cl = torch.channels_last
+  tx = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+  tx = tx.contiguous(memory_format=cl)
+  tdk = torch.from_numpy(np.ascontiguousarray(dk.transpose(2, 3, 0, 1)))
+  tdk = tdk.contiguous(memory_format=cl)   # (C, 1, kh, kw)
+  tpk = torch.from_numpy(np.ascontiguousarray(pk.transpose(3, 2, 0, 1)))
+  tpk = tpk.contiguous(memory_format=cl)   # (F, C, 1, 1)
+  tg = torch.from_numpy(np.ascontiguousarray(g.transpose(0, 3, 1, 2)))
+  tg = tg.contiguous(memory_format=cl)
+  c, k, s = shape.channels, shape.kernel, shape.stride
+  # TF "same" padding; symmetric for odd kernels at stride 1. For stride 2
+  # on even sizes TF pads (0, 1): pad explicitly then.
+  pads = []
+  for size in (shape.height, shape.width):
+    total = max((-(-size // s) - 1) * s + k - size, 0)
+    pads.append((total // 2, total - total // 2))
+  symmetric = all(a == b for a, b in pads)
+
+  def conv(inp, w1, w2):
+    if symmetric:
+      y = F.conv2d(inp, w1, stride=s, padding=(pads[0][0], pads[1][0]),
+                   groups=c)
+    else:
+      inp = F.pad(inp, (pads[1][0], pads[1][1], pads[0][0], pads[0][1]))
+      y = F.conv2d(inp, w1, stride=s, groups=c)
+    return F.conv2d(y, w2)
+
+  def forward():
+    with torch.no_grad():
+      return conv(tx, tdk, tpk)
+
+  xr = tx.clone().requires_grad_(True)
+  dkr = tdk.clone().requires_grad_(True)
+  pkr = tpk.clone().requires_grad_(True)
+
+  def train():
+    y = conv(xr, dkr, pkr)
+    return y, torch.autograd.grad(y, (xr, dkr, pkr), tg)
+  return Case("torch", PEER_NAMES["torch"], forward, train)
+
+
+def tf_case(shape: Shape) -> Case:
+  import tensorflow as tf
+  x, dk, pk, g = (tf.constant(a) for a in _arrays(shape))
+  s = shape.stride
+
+  @tf.function
+  def forward(x, dk, pk):
+    return tf.nn.separable_conv2d(x, dk, pk, (1, s, s, 1), "SAME")
+
+  @tf.function
+  def train(x, dk, pk, g):
+    with tf.GradientTape() as tape:
+      tape.watch([x, dk, pk])
+      y = tf.nn.separable_conv2d(x, dk, pk, (1, s, s, 1), "SAME")
+    return y, tape.gradient(y, [x, dk, pk], output_gradients=g)
+  # TF runs ops on the CPU synchronously: the call returns when done.
+  return Case("tf", PEER_NAMES["tf"], lambda: forward(x, dk, pk),
+              lambda: train(x, dk, pk, g))
+
+
+_PEER_BUILDERS = {"keras": keras_case, "flax": flax_case,
+                  "torch": torch_case, "tf": tf_case}
+_PEER_MODULES = {"keras": "keras", "flax": "flax", "torch": "torch",
+                 "tf": "tensorflow"}
+
+
+def available_peers(wanted) -> tuple[list[str], dict[str, str]]:
+  """The wanted peers that import, and why each other one is skipped."""
+  import importlib
+  ok, skipped = [], {}
+  for peer in wanted:
+    try:
+      importlib.import_module(_PEER_MODULES[peer])
+      ok.append(peer)
+    except Exception as e:  # ImportError, or a broken install
+      skipped[peer] = f"{_PEER_MODULES[peer]} is not installed ({e})"
+  return ok, skipped
+
+
+def _time_once(fn) -> float:
+  t = time.perf_counter()
+  fn()
+  return time.perf_counter() - t
+
+
+def time_cases(cases: list[Case], repeats: int, min_time: float,
+               max_repeats: int, passes: int = 3) -> dict:
+  """Times every case's forward and training step, in interleaved blocks.
+
+  Each callable is warmed up twice. Then `passes` times over the cases,
+  each case runs a block of timed calls of its forward, then of its
+  training step. A block starts after a pause and an untimed call, so that
+  the worker threads another library left spinning (OpenMP, Eigen) are
+  asleep and the caches hold this library's data; the passes spread every
+  case over the whole run, so that a change of machine load hits all of
+  them alike. A block is ``ceil(repeats / passes)`` calls, or more, up to
+  ``max_repeats / passes``, until it has run for ``min_time / passes``
+  seconds.
+  """
+  samples = {c.name: {"forward": [], "train": []} for c in cases}
+  for c in cases:
+    for _ in range(2):
+      c.forward()
+      c.train()
+  block = -(-repeats // passes)
+  cap = max(block, max_repeats // passes)
+  for _ in range(passes):
+    for c in cases:
+      for kind in ("forward", "train"):
+        fn = c.forward if kind == "forward" else c.train
+        time.sleep(0.1)
+        fn()
+        runs = []
+        while len(runs) < cap and (
+            len(runs) < block or sum(runs) < min_time / passes):
+          runs.append(_time_once(fn))
+        samples[c.name][kind] += runs
+  return samples
+
+
+def calibrate(quick: bool) -> dict:
+  """The machine's attainable peaks, measured with JAX: the roofline.
+
+  Compute: a large float32 matmul (XLA:CPU's matmul library). Memory: a
+  streaming sum over an array far larger than the caches (read bandwidth;
+  a write-back test would mostly time the page faults of its fresh output).
+  """
+  n = 256 if quick else 2048
+  a = jnp.ones((n, n), jnp.float32)
+  mm = jax.jit(lambda a: a @ a).lower(a).compile()
+  elems = (1 << 16) if quick else (1 << 25)  # 128 MiB
+  v = jnp.ones((elems,), jnp.float32)
+  add = jax.jit(jnp.sum).lower(v).compile()
+
+  def best(fn, arg, runs):
+    jax.block_until_ready(fn(arg))
+    return statistics.median(
+        _time_once(lambda: jax.block_until_ready(fn(arg)))
+        for _ in range(runs))
+  t_mm = best(mm, a, 3 if quick else 9)
+  t_add = best(add, v, 3 if quick else 9)
+  return {"matmul_gflops": 2 * n ** 3 / t_mm / 1e9,
+          "stream_gbps": 4 * elems / t_add / 1e9,
+          "matmul_n": n, "stream_bytes": 4 * elems}
+
+
+def load_average() -> Optional[list[float]]:
+  try:
+    return [round(v, 2) for v in os.getloadavg()]
+  except OSError:
+    return None
+
+
+def cpu_name() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or "unknown"
+
+
+def versions(peers) -> dict[str, str]:
+  import importlib
+  out = {"python": platform.python_version(), "jax": jax.__version__,
+         "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__")
+         else importlib.import_module("jaxlib").__version__,
+         "numpy": np.__version__,
+         "sepconv_jax": getattr(sepconv_jax, "__version__", "dev")}
+  for peer in peers:
+    mod = importlib.import_module(_PEER_MODULES[peer])
+    out[_PEER_MODULES[peer]] = getattr(mod, "__version__", "?")
+  return out
+
+
+def geomean(values) -> Optional[float]:
+  values = [v for v in values if v and v > 0]
+  if not values:
+    return None
+  return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def summarize(shapes, results, impls, peers) -> dict:
+  """Speedups of each sepconv_jax implementation over the peers."""
+  auto = _ops.auto_implementation()
+  summary = {"auto": auto, "per_shape": [], "geomean": {}}
+  for shape in shapes:
+    row = {"shape": shape.label}
+    r = results[shape.label]
+    for kind in ("forward", "train"):
+      peer_ms = {p: r[p][kind + "_ms"] for p in peers if p in r}
+      fastest = min(peer_ms, key=peer_ms.get) if peer_ms else None
+      row[kind] = {"fastest_peer": fastest}
+      for impl in impls:
+        mine = r[impl][kind + "_ms"]
+        row[kind][impl] = {p: peer_ms[p] / mine for p in peer_ms}
+        if fastest:
+          row[kind][impl]["fastest_peer"] = peer_ms[fastest] / mine
+    summary["per_shape"].append(row)
+  for kind in ("forward", "train"):
+    summary["geomean"][kind] = {
+        impl: {p: geomean([row[kind][impl].get(p)
+                           for row in summary["per_shape"]])
+               for p in list(peers) + ["fastest_peer"]}
+        for impl in impls}
+  return summary
+
+
+def _fmt_ms(v: Optional[float]) -> str:
+  if v is None:
+    return "-"
+  return f"{v:.1f}" if v >= 10 else f"{v:.2f}"
+
+
+def _fmt_x(v: Optional[float]) -> str:
+  return "-" if v is None else f"{v:.2f}x"
+
+
+def _fmt_mib(v: Optional[int]) -> str:
+  return "-" if v is None else f"{v / 2**20:.2f}"
+
+
+def markdown(report: dict) -> str:
+  impls, peers = report["implementations"], report["peers"]
+  names = impls + peers
+  lines = [
+      "# sepconv_jax benchmark",
+      "",
+      f"- date: {report['date']}",
+      f"- device: {report['device']} ({report['cpu']}, "
+      f"{report['cpu_count']} cores)",
+      f"- versions: " + ", ".join(f"{k} {v}" for k, v in
+                                   report["versions"].items()),
+      f"- load average (1, 5, 15 min) before: {report['load_before']}, "
+      f"after: {report['load_after']}; process niceness {report['nice']}",
+      f"- float32, NHWC, {report['kernel']}x{report['kernel']} depthwise, "
+      "\"same\" padding, depth multiplier 1, no bias; medians of "
+      f">= {report['repeats']} timed runs after warm-up, in 3 interleaved "
+      "blocks per implementation",
+      f"- `implementation=\"auto\"` resolves to `\"{report['summary']['auto']}\"`"
+      " on this backend",
+  ]
+  if report["skipped"]:
+    for p, why in report["skipped"].items():
+      lines.append(f"- skipped {PEER_NAMES[p]}: {why}")
+  for kind, title in (("forward", "Forward pass"),
+                      ("train", "Training step (output + VJP w.r.t. input"
+                                " and both kernels)")):
+    lines += ["", f"## {title}: median ms", ""]
+    head = "| shape (HxWxC->F /stride) | " + " | ".join(
+        f"`{n}`" if n in impls else PEER_NAMES[n] for n in names) + " |"
+    lines += [head, "|" + "---|" * (len(names) + 1)]
+    for shape in report["shapes"]:
+      r = report["results"][shape]
+      lines.append(f"| {shape} | " + " | ".join(
+          _fmt_ms(r[n][kind + "_ms"]) for n in names) + " |")
+    if peers:
+      lines += ["", f"### {title}: speedup of each implementation "
+                "(peer time / our time; > 1 = we are faster)", ""]
+      cols = [(i, p) for i in impls for p in peers + ["fastest_peer"]]
+      lines.append("| shape | " + " | ".join(
+          f"`{i}` vs {'fastest peer' if p == 'fastest_peer' else p}"
+          for i, p in cols) + " |")
+      lines.append("|" + "---|" * (len(cols) + 1))
+      for row in report["summary"]["per_shape"]:
+        lines.append(f"| {row['shape']} | " + " | ".join(
+            _fmt_x(row[kind][i].get(p)) for i, p in cols) + " |")
+      gm = report["summary"]["geomean"][kind]
+      lines.append("| **geomean** | " + " | ".join(
+          _fmt_x(gm[i].get(p)) for i, p in cols) + " |")
+  if peers:
+    auto = report["summary"]["auto"]
+    lines += ["", f"## `{auto}` against the fastest peer: medians and "
+              "best runs", "",
+              "Under a fluctuating machine load the minimum of the timed runs "
+              "is the better estimate of unloaded speed; both are shown. "
+              "(ratio = fastest peer's time / ours; > 1 = we are faster)", "",
+              "| shape | fwd ratio (median) | fwd ratio (min) | fastest fwd peer (min) "
+              "| train ratio (median) | train ratio (min) | fastest train "
+              "peer (min) |", "|---|---|---|---|---|---|---|"]
+    ratios = {k: {"median": [], "min": []} for k in ("forward", "train")}
+    for shape in report["shapes"]:
+      r = report["results"][shape]
+      cells = []
+      for kind in ("forward", "train"):
+        for stat, key in (("median", f"{kind}_ms"), ("min", f"{kind}_min_ms")):
+          best = min(peers, key=lambda p: r[p][key])
+          ratio = r[best][key] / r[auto][key]
+          ratios[kind][stat].append(ratio)
+          cells.append(_fmt_x(ratio))
+          if stat == "min":
+            cells.append(PEER_NAMES[best])
+      lines.append(f"| {shape} | " + " | ".join(cells) + " |")
+    lines.append("| **geomean** | " + " | ".join(
+        [_fmt_x(geomean(ratios["forward"]["median"])),
+         _fmt_x(geomean(ratios["forward"]["min"])), "",
+         _fmt_x(geomean(ratios["train"]["median"])),
+         _fmt_x(geomean(ratios["train"]["min"])), ""]) + " |")
+  lines += ["", "## Compiled temporaries (MiB; "
+            "`memory_analysis().temp_size_in_bytes`)", "",
+            "| shape | output | " + " | ".join(
+                f"`{i}` forward | `{i}` train" for i in impls) +
+            " | forward temp <= output |",
+            "|" + "---|" * (2 * len(impls) + 3)]
+  for shape in report["shapes"]:
+    r = report["results"][shape]
+    out = report["output_bytes"][shape]
+    auto = report["summary"]["auto"]
+    ok = r[auto]["forward_temp_bytes"] <= out
+    lines.append(f"| {shape} | {_fmt_mib(out)} | " + " | ".join(
+        f"{_fmt_mib(r[i]['forward_temp_bytes'])} | "
+        f"{_fmt_mib(r[i]['train_temp_bytes'])}" for i in impls) +
+        f" | {'yes' if ok else 'NO'} (`{auto}`) |")
+  cal = report["roofline"]
+  lines += ["", "## Roofline of the forward pass (`"
+            f"{report['summary']['auto']}`)", "",
+            f"Attainable peaks measured in this run: {cal['matmul_gflops']:.0f}"
+            f" GFLOP/s ({cal['matmul_n']}^3 float32 matmul), "
+            f"{cal['stream_gbps']:.1f} GB/s (streaming sum over "
+            f"{cal['stream_bytes'] / 2**20:.0f} MiB). Roofline time = "
+            "max(FLOPs / peak, minimal bytes / bandwidth); the minimal bytes "
+            "are the input, the kernels and the output, once.", "",
+            "| shape | GFLOP | MB (min) | roofline ms | measured ms | GFLOP/s |"
+            " GB/s | % of roofline |",
+            "|---|---|---|---|---|---|---|---|"]
+  for shape in report["shapes"]:
+    r = report["results"][shape][report["summary"]["auto"]]
+    fl, by = report["flops"][shape], report["min_bytes"][shape]
+    t = r["forward_ms"] / 1e3
+    roof = max(fl / (cal["matmul_gflops"] * 1e9),
+               by / (cal["stream_gbps"] * 1e9))
+    lines.append(f"| {shape} | {fl / 1e9:.3f} | {by / 1e6:.1f} | "
+                 f"{roof * 1e3:.2f} | {t * 1e3:.2f} | {fl / t / 1e9:.1f} | "
+                 f"{by / t / 1e9:.1f} | {100 * roof / t:.0f}% |")
+  lines.append("")
+  return "\n".join(lines)
+
+
+def plot(report: dict, path: str) -> Optional[str]:
+  """Writes the speedup chart; returns why not if it cannot."""
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    return "matplotlib is not installed: no speedup.png"
+  peers = report["peers"]
+  if not peers:
+    return "no peer was timed: no speedup.png"
+  auto = report["summary"]["auto"]
+  rows = report["summary"]["per_shape"]
+  fig, axes = plt.subplots(1, 2, figsize=(14, 5), sharey=True)
+  width = 0.8 / len(peers)
+  for ax, (kind, title) in zip(axes, (("forward", "forward pass"),
+                                      ("train", "training step"))):
+    for j, peer in enumerate(peers):
+      vals = [row[kind][auto].get(peer) or 0 for row in rows]
+      xs = [i + (j - (len(peers) - 1) / 2) * width for i in range(len(rows))]
+      ax.bar(xs, vals, width, label=PEER_NAMES[peer])
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([row["shape"] for row in rows], rotation=30,
+                       ha="right", fontsize=8)
+    ax.set_title(f"sepconv_jax `{auto}`: {title}")
+    ax.set_ylabel("speedup (peer time / sepconv_jax time)")
+    ax.grid(axis="y", which="both", alpha=0.3)
+  axes[0].legend(fontsize=8)
+  fig.suptitle(f"{report['device']} ({report['cpu']}, {report['cpu_count']}"
+               " cores), float32, batch "
+               f"{report['batch']}, 3x3 'same'; > 1 = sepconv_jax faster")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return None
+
+
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--quick", action="store_true",
+                      help="tiny shapes, few repeats: a smoke run")
+  parser.add_argument("--peers", nargs="*", default=list(PEERS),
+                      choices=PEERS, help="peers to time (default: all)")
+  parser.add_argument("--implementations", nargs="*", default=None,
+                      help="sepconv_jax implementations (default: all)")
+  parser.add_argument("--repeats", type=int, default=None,
+                      help="minimum timed rounds per shape")
+  parser.add_argument("--min-time", type=float, default=None,
+                      help="minimum seconds of timed runs per callable")
+  parser.add_argument("--max-repeats", type=int, default=None)
+  parser.add_argument("--out", default=os.path.join(_HERE,
+                                                    "benchmark_results"))
+  parser.add_argument("--no-plot", action="store_true")
+  args = parser.parse_args(argv)
+
+  shapes = QUICK if args.quick else CANONICAL
+  repeats = args.repeats or (3 if args.quick else 11)
+  min_time = args.min_time if args.min_time is not None else (
+      0.0 if args.quick else 0.5)
+  max_repeats = args.max_repeats or (3 if args.quick else 41)
+  impls = args.implementations or [
+      i for i in sepconv_jax.IMPLEMENTATIONS if i != "auto"]
+  peers, skipped = available_peers(args.peers)
+  for p, why in skipped.items():
+    print(f"skipping {PEER_NAMES[p]}: {why}", flush=True)
+
+  report = {
+      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+          timespec="seconds"),
+      "quick": args.quick,
+      "device": str(jax.devices()[0].device_kind),
+      "backend": jax.default_backend(),
+      "cpu": cpu_name(),
+      "cpu_count": os.cpu_count(),
+      "platform": platform.platform(),
+      "versions": versions(peers),
+      "threads": {"jax": "XLA:CPU default (all cores)",
+                  "torch": f"torch.set_num_threads({os.cpu_count()})",
+                  "tf": "default"},
+      "load_before": load_average(),
+      "nice": os.nice(0) if hasattr(os, "nice") else None,
+      "batch": shapes[0].batch,
+      "kernel": shapes[0].kernel,
+      "dtype": "float32",
+      "repeats": repeats,
+      "implementations": impls,
+      "peers": peers,
+      "skipped": skipped,
+      "shapes": [s.label for s in shapes],
+      "shape_params": {s.label: s._asdict() for s in shapes},
+      "output_bytes": {s.label: s.output_bytes for s in shapes},
+      "flops": {s.label: s.flops() for s in shapes},
+      "min_bytes": {s.label: s.min_bytes() for s in shapes},
+      "results": {},
+  }
+  print(f"device: {report['device']} ({report['cpu']}, "
+        f"{report['cpu_count']} cores); load {report['load_before']}",
+        flush=True)
+  report["roofline"] = calibrate(args.quick)
+  for shape in shapes:
+    t0 = time.perf_counter()
+    cases = sepconv_cases(shape, impls)
+    for peer in peers:
+      cases.append(_PEER_BUILDERS[peer](shape))
+    samples = time_cases(cases, repeats, min_time, max_repeats)
+    res = {}
+    for c in cases:
+      fwd, tr = samples[c.name]["forward"], samples[c.name]["train"]
+      res[c.name] = {
+          "library": c.library,
+          "forward_ms": statistics.median(fwd) * 1e3,
+          "train_ms": statistics.median(tr) * 1e3,
+          "forward_samples": len(fwd),
+          "train_samples": len(tr),
+          "forward_min_ms": min(fwd) * 1e3,
+          "train_min_ms": min(tr) * 1e3,
+          "forward_temp_bytes": c.fwd_temp,
+          "train_temp_bytes": c.train_temp,
+      }
+    report["results"][shape.label] = res
+    print(f"{shape.label:>24}  " + "  ".join(
+        f"{n}: {r['forward_ms']:.2f}/{r['train_ms']:.2f} ms"
+        for n, r in res.items()) + f"  [{time.perf_counter() - t0:.0f} s]",
+        flush=True)
+    del cases
+    gc.collect()
+  report["load_after"] = load_average()
+  report["summary"] = summarize(shapes, report["results"], impls, peers)
+
+  os.makedirs(args.out, exist_ok=True)
+  with open(os.path.join(args.out, "results.json"), "w") as f:
+    json.dump(report, f, indent=1)
+  with open(os.path.join(args.out, "results.md"), "w") as f:
+    f.write(markdown(report))
+  if not args.no_plot:
+    why = plot(report, os.path.join(args.out, "speedup.png"))
+    if why:
+      print(why, flush=True)
+  print(markdown(report))
+  return report
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,56 @@
+"""`scripts/benchmark.py --quick` runs end to end and writes sound results."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import sepconv_jax
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_SCRIPT = os.path.join(_ROOT, "scripts", "benchmark.py")
+
+
+def test_quick_benchmark_writes_results(tmp_path):
+  env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+      [sys.executable, _SCRIPT, "--quick", "--out", str(tmp_path)],
+      cwd=_ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+  with open(tmp_path / "results.json") as f:
+    report = json.load(f)
+  impls = [i for i in sepconv_jax.IMPLEMENTATIONS if i != "auto"]
+  assert report["quick"] is True
+  assert report["implementations"] == impls
+  assert report["summary"]["auto"] in impls
+  assert report["versions"]["jax"]
+  assert report["device"]
+  assert "load_before" in report and "load_after" in report
+  # Every peer was either timed or reported as skipped, with a reason.
+  assert set(report["peers"]) | set(report["skipped"]) == {
+      "keras", "flax", "torch", "tf"}
+  assert not set(report["peers"]) & set(report["skipped"])
+  for peer, why in report["skipped"].items():
+    assert "not installed" in why
+    assert "skipping" in proc.stdout
+  assert len(report["shapes"]) >= 1
+  for shape in report["shapes"]:
+    results = report["results"][shape]
+    assert set(results) == set(impls) | set(report["peers"])
+    for name, r in results.items():
+      assert r["forward_ms"] > 0 and r["train_ms"] > 0, (shape, name)
+      assert r["forward_samples"] >= 3
+    for impl in impls:
+      assert results[impl]["forward_temp_bytes"] >= 0
+      assert results[impl]["train_temp_bytes"] >= 0
+  assert len(report["summary"]["per_shape"]) == len(report["shapes"])
+
+  md = (tmp_path / "results.md").read_text()
+  assert "| shape" in md and "Training step" in md
+  # The chart exists, or the run said why not.
+  assert (tmp_path / "speedup.png").exists() or (
+      "matplotlib is not installed" in proc.stdout
+      or "no peer was timed" in proc.stdout)

@@ -1,0 +1,320 @@
+"""Every `implementation=` agrees with the reference, in values and gradients.
+
+"lax" (`lax.conv_general_dilated` with ``feature_group_count``) is the
+reference implementation; each other one is checked against it and against
+the independent float64 NumPy reference of ``tests/reference.py``:
+
+* outputs, over strides 1-3, dilations 1-3, both paddings, both data
+  formats, depth multipliers 1-3 and non-square kernels;
+* VJPs (input, both kernels, bias) equal to those of "lax";
+* `jax.test_util.check_grads` in float64, orders 1 and 2, forward and
+  reverse mode, on tiny shapes;
+* rank-3 (unbatched) inputs and extra leading batch dims, jit, vmap;
+* bfloat16, with the tolerance stated at `test_bfloat16_against_float64`;
+* the "auto" policy and the forward pass's memory (no im2col copy).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import sepconv_jax
+from sepconv_jax import _ops
+
+try:
+  from tests import reference as ref
+except ImportError:  # run from inside tests/
+  import reference as ref
+
+FAST = [i for i in sepconv_jax.IMPLEMENTATIONS if i not in ("auto", "lax")]
+ALL = [i for i in sepconv_jax.IMPLEMENTATIONS if i != "auto"]
+
+# (strides, dilation_rate, kernel (kh, kw), depth multiplier): strides and
+# dilation never both exceed 1 (the Keras rule).
+_GEOMETRIES = [
+    (1, 1, (3, 3), 1),
+    (2, 1, (3, 3), 2),
+    (3, 1, (3, 2), 1),
+    ((1, 2), 1, (2, 3), 3),
+    ((3, 2), 1, (1, 3), 2),
+    (1, 2, (3, 3), 1),
+    (1, 3, (2, 2), 2),
+    (1, (1, 3), (3, 2), 3),
+    (1, (2, 1), (1, 1), 1),
+    (2, 1, (4, 5), 1),
+]
+_CASES = [
+    (impl, *geom, padding, fmt)
+    for impl in FAST
+    for geom in _GEOMETRIES
+    for padding in ("same", "valid")
+    for fmt in ("channels_last", "channels_first")
+]
+
+
+def _ids(case):
+  impl, s, d, k, m, padding, fmt = case
+  return f"{impl}-s{s}-d{d}-k{k[0]}x{k[1]}-m{m}-{padding}-{fmt[9:]}"
+
+
+def _make(rng, n, h, w, c, k, m, f, fmt, dtype=np.float32):
+  shape = (n, h, w, c) if fmt == "channels_last" else (n, c, h, w)
+  x = rng.standard_normal(shape).astype(dtype)
+  dk = rng.standard_normal((*k, c, m)).astype(dtype)
+  pk = rng.standard_normal((1, 1, c * m, f)).astype(dtype)
+  b = rng.standard_normal((f,)).astype(dtype)
+  return x, dk, pk, b
+
+
+def _seed(*parts) -> int:
+  return abs(hash(tuple(str(p) for p in parts))) % (2**32)
+
+
+@pytest.mark.parametrize("case", _CASES, ids=_ids)
+def test_matches_lax_and_float64_reference(case):
+  impl, strides, dilation, k, m, padding, fmt = case
+  rng = np.random.default_rng(_seed(case))
+  x, dk, pk, b = _make(rng, 2, 9, 8, 3, k, m, 4, fmt)
+  kw = dict(strides=strides, padding=padding, dilation_rate=dilation,
+            data_format=fmt)
+
+  ct = rng.standard_normal(
+      jax.eval_shape(lambda *a: sepconv_jax.separable_conv2d(*a, **kw),
+                     x, dk, pk, b).shape).astype(np.float32)
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def run(impl, x, dk, pk, b):
+    """Output, VJP at `ct` and the depthwise step alone, in one program."""
+    y, vjp = jax.vjp(lambda *a: sepconv_jax.separable_conv2d(
+        *a, **kw, implementation=impl), x, dk, pk, b)
+    return y, vjp(ct), sepconv_jax.depthwise_conv2d(
+        x, dk, **kw, implementation=impl)
+
+  expected = ref.separable_conv2d(x, dk, pk, b, strides, padding, dilation,
+                                  fmt)
+  expected_dw = ref.depthwise_conv2d(x, dk, strides, padding, dilation, fmt)
+  y, grads, y_dw = run(impl, x, dk, pk, b)
+  y_lax, grads_lax, _ = run("lax", x, dk, pk, b)
+  scale = np.max(np.abs(expected))
+  np.testing.assert_allclose(np.asarray(y), expected, rtol=1e-5,
+                             atol=1e-5 * scale)
+  np.testing.assert_allclose(np.asarray(y), np.asarray(y_lax), rtol=1e-5,
+                             atol=1e-5 * scale)
+  np.testing.assert_allclose(
+      np.asarray(y_dw), expected_dw, rtol=1e-5,
+      atol=1e-5 * np.max(np.abs(expected_dw)))
+  for name, got, want in zip(("inputs", "depthwise", "pointwise", "bias"),
+                             grads, grads_lax):
+    np.testing.assert_allclose(
+        np.asarray(got), np.asarray(want), rtol=1e-4,
+        atol=1e-4 * np.max(np.abs(want)), err_msg=name)
+
+
+@pytest.mark.parametrize("impl", FAST)
+@pytest.mark.parametrize("geom", [
+    # (strides, dilation, kernel, multiplier, padding, data_format,
+    #  order of the separable check, order of the depthwise check)
+    (2, 1, (2, 2), 2, "same", "channels_last", 2, 1),
+    (1, 2, (1, 2), 1, "valid", "channels_first", 1, 2),
+], ids=str)
+def test_check_grads_float64(impl, geom):
+  strides, dilation, k, m, padding, fmt, sep_order, dw_order = geom
+  rng = np.random.default_rng(_seed("grads", impl, geom))
+  x, dk, pk, b = _make(rng, 1, 6, 5, 2, k, m, 2, fmt, np.float64)
+  kw = dict(strides=strides, padding=padding, dilation_rate=dilation,
+            data_format=fmt, implementation=impl)
+  with jax.enable_x64(True):
+    args = tuple(jnp.asarray(a, jnp.float64) for a in (x, dk, pk, b))
+
+    @jax.jit
+    def sep(x, dk, pk, b):
+      return sepconv_jax.separable_conv2d(x, dk, pk, b, **kw)
+
+    @jax.jit
+    def dw(x, dk):
+      return sepconv_jax.depthwise_conv2d(x, dk, **kw)
+
+    y = sep(*args)
+    assert y.dtype == jnp.float64
+    np.testing.assert_allclose(
+        np.asarray(y), ref.separable_conv2d(x, dk, pk, b, strides, padding,
+                                            dilation, fmt),
+        rtol=1e-10, atol=1e-10)
+    check_grads(sep, args, order=sep_order, modes=("fwd", "rev"))
+    check_grads(dw, args[:2], order=dw_order, modes=("fwd", "rev"))
+
+
+@pytest.mark.parametrize("impl", FAST)
+def test_forward_mode_and_transforms_match_lax(impl):
+  rng = np.random.default_rng(_seed("transforms", impl))
+  x, dk, pk, b = _make(rng, 3, 7, 6, 2, (3, 3), 2, 3, "channels_last")
+  kw = dict(strides=(2, 1), padding="same")
+
+  def f(impl):
+    return jax.jit(lambda x, dk, pk, b: sepconv_jax.separable_conv2d(
+        x, dk, pk, b, **kw, implementation=impl))
+
+  tangents = tuple(rng.standard_normal(a.shape).astype(np.float32)
+                   for a in (x, dk, pk, b))
+  _, t = jax.jvp(f(impl), (x, dk, pk, b), tangents)
+  _, t_lax = jax.jvp(f("lax"), (x, dk, pk, b), tangents)
+  np.testing.assert_allclose(t, t_lax, rtol=1e-4, atol=1e-4)
+
+  def loss(impl):
+    return lambda dk: jnp.sum(jnp.tanh(f(impl)(x, dk, pk, b)))
+
+  # Forward-over-reverse (jax.hessian) and reverse-over-reverse.
+  h = jax.jit(jax.hessian(loss(impl)))(dk)
+  h_lax = jax.jit(jax.hessian(loss("lax")))(dk)
+  np.testing.assert_allclose(h, h_lax, rtol=1e-3, atol=1e-3)
+  gg = jax.jit(jax.grad(
+      lambda dk: jnp.sum(jax.grad(loss(impl))(dk) ** 2)))(dk)
+  gg_lax = jax.jit(jax.grad(
+      lambda dk: jnp.sum(jax.grad(loss("lax"))(dk) ** 2)))(dk)
+  np.testing.assert_allclose(gg, gg_lax, rtol=1e-3, atol=1e-3)
+
+  vm = jax.vmap(f(impl), in_axes=(0, None, None, None))(x[:, None], dk, pk, b)
+  np.testing.assert_allclose(vm[:, 0], f("lax")(x, dk, pk, b), rtol=1e-5,
+                             atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", FAST)
+@pytest.mark.parametrize("fmt", ["channels_last", "channels_first"])
+def test_unbatched_and_leading_batch_dims(impl, fmt):
+  rng = np.random.default_rng(_seed("rank", impl, fmt))
+  x, dk, pk, b = _make(rng, 6, 5, 7, 2, (2, 3), 2, 3, fmt)
+  kw = dict(strides=2, padding="same", data_format=fmt)
+  x5 = x.reshape((2, 3) + x.shape[1:])
+
+  def run(impl, inputs):
+    y = sepconv_jax.separable_conv2d(inputs, dk, pk, b, **kw,
+                                     implementation=impl)
+    g = jax.grad(lambda x: jnp.sum(sepconv_jax.depthwise_conv2d(
+        x, dk, **kw, implementation=impl) ** 2))(inputs)
+    return y, g
+
+  for inputs in (x[0], x5):
+    (got, g), (want, g_lax) = (jax.jit(run, static_argnums=0)(i, inputs)
+                               for i in (impl, "lax"))
+    assert got.shape == want.shape
+    assert g.shape == inputs.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(g, g_lax, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("impl", FAST)
+def test_taps_that_only_see_padding(impl):
+  # A kernel much wider than the input: many taps read nothing but padding.
+  rng = np.random.default_rng(_seed("padding-only", impl))
+  x, dk, pk, b = _make(rng, 2, 2, 3, 2, (5, 4), 1, 2, "channels_last")
+  for kw in (dict(padding="same", dilation_rate=3),
+             dict(padding="same", strides=3)):
+    f = lambda impl: jax.jit(lambda *a: sepconv_jax.separable_conv2d(
+        *a, **kw, implementation=impl))
+    y, vjp = jax.vjp(f(impl), x, dk, pk, b)
+    y_lax, vjp_lax = jax.vjp(f("lax"), x, dk, pk, b)
+    np.testing.assert_allclose(y, y_lax, rtol=1e-5, atol=1e-5)
+    for got, want in zip(vjp(jnp.ones_like(y)), vjp_lax(jnp.ones_like(y))):
+      np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("impl", FAST)
+@pytest.mark.parametrize("fmt", ["channels_last", "channels_first"])
+def test_row_counts_without_a_small_divisor(impl, fmt):
+  # 2 x 19 (channels_last chunks batch x rows) and 19 rows have no divisor
+  # between 5 and 14: the kernel gradient then uses a shorter tail chunk.
+  rng = np.random.default_rng(_seed("tail", impl, fmt))
+  x, dk, pk, b = _make(rng, 2, 19, 4, 3, (3, 3), 2, 2, fmt)
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def grads(impl, x, dk, pk, b):
+    return jax.grad(lambda *a: jnp.sum(jnp.sin(sepconv_jax.separable_conv2d(
+        *a, padding="same", data_format=fmt, implementation=impl))),
+        argnums=(0, 1, 2, 3))(x, dk, pk, b)
+
+  for got, want in zip(grads(impl, x, dk, pk, b),
+                       grads("lax", x, dk, pk, b)):
+    np.testing.assert_allclose(got, want, rtol=1e-4,
+                               atol=1e-4 * np.max(np.abs(want)))
+
+
+@pytest.mark.parametrize("impl", ALL)
+def test_bfloat16_against_float64(impl):
+  """bfloat16: within 2**-6 of the largest |output| (a few bf16 ulps).
+
+  The inputs are rounded to bfloat16 first and the float64 reference uses
+  the rounded values, so the error is the implementation's own: the
+  depthwise result is rounded to bfloat16 once before the pointwise step
+  and the output once more (the fast paths accumulate in float32).
+  """
+  rng = np.random.default_rng(_seed("bf16", impl))
+  x, dk, pk, b = (jnp.asarray(a, jnp.bfloat16) for a in
+                  _make(rng, 2, 9, 9, 8, (3, 3), 2, 8, "channels_last"))
+  y = jax.jit(lambda *a: sepconv_jax.separable_conv2d(
+      *a, strides=2, padding="same", implementation=impl))(x, dk, pk, b)
+  assert y.dtype == jnp.bfloat16
+  as64 = lambda a: np.asarray(a.astype(jnp.float32), np.float64)
+  want = ref.separable_conv2d(as64(x), as64(dk), as64(pk), as64(b), 2,
+                              "same", 1, "channels_last")
+  err = np.max(np.abs(as64(y) - want))
+  assert err <= 2**-6 * np.max(np.abs(want)), err
+  g = jax.jit(jax.grad(lambda dk: jnp.sum(sepconv_jax.separable_conv2d(
+      x, dk, pk, b, strides=2, padding="same", implementation=impl
+  ).astype(jnp.float32))))(dk)
+  assert g.dtype == jnp.bfloat16
+  g_lax = jax.jit(jax.grad(lambda dk: jnp.sum(sepconv_jax.separable_conv2d(
+      x, dk, pk, b, strides=2, padding="same", implementation="lax"
+  ).astype(jnp.float32))))(dk)
+  np.testing.assert_allclose(as64(g), as64(g_lax),
+                             atol=2**-6 * np.max(np.abs(as64(g_lax))))
+
+
+@pytest.mark.parametrize("impl", FAST)
+def test_module_implementations_agree(impl):
+  rng = np.random.default_rng(_seed("module", impl))
+  x = rng.standard_normal((2, 8, 7, 3)).astype(np.float32)
+  layer = sepconv_jax.SeparableConv2D(4, (3, 2), strides=2, padding="same",
+                                      depth_multiplier=2,
+                                      implementation=impl)
+  params = layer.init(jax.random.PRNGKey(0), x)
+  ref_layer = layer.clone(implementation="lax")
+  np.testing.assert_allclose(jax.jit(layer.apply)(params, x),
+                             jax.jit(ref_layer.apply)(params, x), rtol=1e-5,
+                             atol=1e-5)
+  g = jax.jit(jax.grad(lambda p: jnp.sum(layer.apply(p, x) ** 2)))(params)
+  g_lax = jax.jit(jax.grad(
+      lambda p: jnp.sum(ref_layer.apply(p, x) ** 2)))(params)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_lax)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_auto_policy():
+  assert "taps" in sepconv_jax.IMPLEMENTATIONS
+  assert _ops.auto_implementation("cpu") == "taps"
+  for backend in ("gpu", "cuda", "rocm", "tpu"):
+    assert _ops.auto_implementation(backend) == "lax"
+  if jax.default_backend() == "cpu":
+    assert _ops._choose("auto") is _ops._IMPLEMENTATIONS["taps"]
+
+
+@pytest.mark.parametrize("impl", FAST)
+def test_forward_temporaries_no_larger_than_output(impl):
+  # No im2col (k*k copies of the input) and no padded copy: the only
+  # temporary of the forward pass is the depthwise result.
+  x = jnp.zeros((2, 20, 20, 16))
+  dk = jnp.zeros((3, 3, 16, 1))
+  pk = jnp.zeros((1, 1, 16, 16))
+  for strides in (1, 2):
+    f = jax.jit(lambda x, dk, pk: sepconv_jax.separable_conv2d(
+        x, dk, pk, strides=strides, padding="same", implementation=impl))
+    compiled = f.lower(x, dk, pk).compile()
+    out = jax.eval_shape(f, x, dk, pk)
+    out_bytes = np.prod(out.shape) * 4
+    temp = compiled.memory_analysis().temp_size_in_bytes
+    assert temp <= out_bytes, (strides, temp, out_bytes)
