@@ -176,7 +176,7 @@ def test_depthwise_conv2d_matches_keras(kwargs):
       k_layer.compute_output_shape(x.shape))
 
 
-@pytest.mark.parametrize("mode", ["zeros", "reflect"])
+@pytest.mark.parametrize("mode", sepconv_jax.PADDING_MODES)
 def test_depthwise_conv2d_padding_matches_reference(mode):
   x, dk, _, _ = _arrays(2, 3, 2, 1, False, seed=5)
   bias = _rng(6).standard_normal(6).astype(np.float32)
