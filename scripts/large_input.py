@@ -159,7 +159,7 @@ def child(args: argparse.Namespace) -> dict:
   )
 
 
-def _implementations() -> list[str]:
+def implementations() -> list[str]:
   """"auto" and every registered implementation, without importing jax."""
   code = ("import sepconv_jax, json; print(json.dumps(list(dict.fromkeys("
           "('auto',) + tuple(sepconv_jax.IMPLEMENTATIONS)))))")
@@ -195,7 +195,7 @@ def main(argv=None) -> int:
     print(json.dumps(child(args)))
     return 0
 
-  impls = args.implementation or _implementations()
+  impls = args.implementation or implementations()
   runs = [(impl, mode) for impl in impls for mode in args.mode or MODES]
   results, failed = [], False
   for impl, mode in runs:
@@ -213,8 +213,8 @@ def main(argv=None) -> int:
     r["over_limit"] = not (r["ratio"] <= args.max_ratio and r["finite"])
     results.append(r)
     mib = 2.0**20
-    print(f"{impl:>6} ({r['resolved']}) {mode:>4}: input {r['input_bytes'] / mib:.0f}"
-          f" MiB + output {r['output_bytes'] / mib:.0f} MiB; peak RSS"
+    print(f"{impl:>6} ({r['resolved']}) {mode:>4}: input"
+          f" {r['input_bytes'] / mib:.0f} MiB + output {r['output_bytes'] / mib:.0f} MiB; peak RSS"
           f" {r['peak_rss_bytes'] / mib:.0f} MiB = {r['ratio']:.2f}x"
           f" (after import {r['baseline_rss_bytes'] / mib:.0f} MiB;"
           f" {r['ratio_above_baseline']:.2f}x above it); forward"

@@ -21,10 +21,9 @@ README's table of errors is generated from it.
 
 from __future__ import annotations
 
-import math
 import os
 import traceback
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -592,7 +592,7 @@ def test_large_input_script_small_size():
     import large_input  # pylint: disable=g-import-not-at-top
   finally:
     sys.path.pop(0)
-  assert large_input._implementations() == list(IMPLS)  # pylint: disable=protected-access
+  assert large_input.implementations() == list(IMPLS)
 
 
 # --------------------------------------------------------------------------
