@@ -100,6 +100,8 @@ def layer_config(layer: Any, rank: int, family: Family) -> Config:
     raise TypeError(f"`use_bias` (={layer.use_bias!r}) must be a bool")
   _ops.check_precision(layer.precision)
   _ops.check_implementation(layer.implementation)
+  if layer.param_dtype is None:  # jnp.dtype(None) would mean float64
+    raise TypeError("`param_dtype` (=None) must be a floating dtype")
   for name in ("dtype", "param_dtype"):
     value = getattr(layer, name)
     if value is not None or name == "param_dtype":

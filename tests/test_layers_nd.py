@@ -338,3 +338,10 @@ def test_bad_padding_types_and_channel_mismatch():
   layer = sepconv_jax.nnx.SeparableConv2D(3, 2, 3, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match=re.escape("`depthwise_kernel` (shape=(3, 3, 3, 1))")):
     layer(np.ones((1, 5, 5, 4)))
+
+
+def test_param_dtype_none_is_rejected_not_read_as_float64():
+  with pytest.raises(TypeError, match=re.escape("`param_dtype` (=None)")):
+    sepconv_jax.SeparableConv2D(2, 3, param_dtype=None)
+  with pytest.raises(TypeError, match=re.escape("`param_dtype` (=None)")):
+    sepconv_jax.nnx.DepthwiseConv2D(2, 3, param_dtype=None, rngs=nnx.Rngs(0))
