@@ -23,17 +23,20 @@ temporary bytes of the compiled forward pass and training step
 Output (in ``--out``, default ``scripts/benchmark_results``): ``results.md``
 (Markdown tables), ``results.json`` and ``speedup.png`` (bar chart of the
 speedups; skipped with a message if matplotlib is missing), plus the
-device, the library versions and the load average in all of them.
+device, the library versions, the load average and the allocator setting
+in all of them.
 
 Usage:
   python scripts/benchmark.py            # the canonical shapes (minutes)
   python scripts/benchmark.py --quick    # a tiny smoke run (seconds)
   python scripts/benchmark.py --peers torch tf --repeats 15
+  python scripts/benchmark.py --malloc tuned   # see `tune_malloc`
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime
 import gc
 import json
@@ -375,6 +378,43 @@ def load_average() -> Optional[list[float]]:
     return None
 
 
+# glibc `mallopt` parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def tune_malloc() -> str:
+  """Keeps freed large blocks in glibc's heap (``--malloc tuned``).
+
+  XLA:CPU allocates an executable's outputs and temporaries afresh on every
+  call. glibc serves blocks above its mmap threshold (at most 32 MiB, and
+  128 KiB until a block is freed) with a new `mmap`, and returns them to
+  the OS on `free`, so each call page-faults its buffers in again: at these
+  shapes up to half of a JAX training step's time. Raising the mmap and
+  trim thresholds (what ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``
+  do from the environment) keeps them. It is a process setting, so every
+  peer in the run gets it too. Returns what was done, for the report.
+  """
+  try:
+    libc = ctypes.CDLL("libc.so.6")
+    ok = (libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30) == 1
+          and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1)
+  except (OSError, AttributeError) as e:
+    return f"default (tuning unavailable: {e})"
+  if not ok:
+    return "default (glibc mallopt refused the thresholds)"
+  return "tuned (glibc mallopt: mmap threshold 1 GiB, trim threshold 2 GiB)"
+
+
+def malloc_setting(requested: str) -> str:
+  env = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
+  if requested == "tuned":
+    return tune_malloc()
+  if env:
+    return "default, with " + ", ".join(f"{k}={v}" for k, v in
+                                        sorted(env.items()))
+  return "default (glibc as the process started)"
+
+
 def cpu_name() -> str:
   try:
     with open("/proc/cpuinfo") as f:
@@ -459,6 +499,7 @@ def markdown(report: dict) -> str:
                                    report["versions"].items()),
       f"- load average (1, 5, 15 min) before: {report['load_before']}, "
       f"after: {report['load_after']}; process niceness {report['nice']}",
+      f"- allocator: {report['malloc']}",
       f"- float32, NHWC, {report['kernel']}x{report['kernel']} depthwise, "
       "\"same\" padding, depth multiplier 1, no bias; medians of "
       f">= {report['repeats']} timed runs after warm-up, in 3 interleaved "
@@ -617,8 +658,13 @@ def main(argv=None) -> dict:
   parser.add_argument("--out", default=os.path.join(_HERE,
                                                     "benchmark_results"))
   parser.add_argument("--no-plot", action="store_true")
+  parser.add_argument(
+      "--malloc", choices=("default", "tuned"), default="default",
+      help="'tuned' keeps freed buffers in glibc's heap for the whole run "
+      "(every library in it); see tune_malloc")
   args = parser.parse_args(argv)
 
+  malloc = malloc_setting(args.malloc)  # before any array is allocated
   shapes = QUICK if args.quick else CANONICAL
   repeats = args.repeats or (3 if args.quick else 11)
   min_time = args.min_time if args.min_time is not None else (
@@ -644,6 +690,7 @@ def main(argv=None) -> dict:
                   "torch": f"torch.set_num_threads({os.cpu_count()})",
                   "tf": "default"},
       "load_before": load_average(),
+      "malloc": malloc,
       "nice": os.nice(0) if hasattr(os, "nice") else None,
       "batch": shapes[0].batch,
       "kernel": shapes[0].kernel,
@@ -660,8 +707,8 @@ def main(argv=None) -> dict:
       "results": {},
   }
   print(f"device: {report['device']} ({report['cpu']}, "
-        f"{report['cpu_count']} cores); load {report['load_before']}",
-        flush=True)
+        f"{report['cpu_count']} cores); load {report['load_before']}; "
+        f"malloc {malloc}", flush=True)
   report["roofline"] = calibrate(args.quick)
   for shape in shapes:
     t0 = time.perf_counter()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -16,7 +17,8 @@ _SCRIPT = os.path.join(_ROOT, "scripts", "benchmark.py")
 def test_quick_benchmark_writes_results(tmp_path):
   env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
   proc = subprocess.run(
-      [sys.executable, _SCRIPT, "--quick", "--out", str(tmp_path)],
+      [sys.executable, _SCRIPT, "--quick", "--malloc", "tuned", "--out",
+       str(tmp_path)],
       cwd=_ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -29,6 +31,10 @@ def test_quick_benchmark_writes_results(tmp_path):
   assert report["versions"]["jax"]
   assert report["device"]
   assert "load_before" in report and "load_after" in report
+  if platform.libc_ver()[0] == "glibc":
+    assert report["malloc"].startswith("tuned"), report["malloc"]
+  else:  # the run says it could not tune, and goes on
+    assert report["malloc"].startswith("default (tuning"), report["malloc"]
   # Every peer was either timed or reported as skipped, with a reason.
   assert set(report["peers"]) | set(report["skipped"]) == {
       "keras", "flax", "torch", "tf"}
@@ -50,6 +56,7 @@ def test_quick_benchmark_writes_results(tmp_path):
 
   md = (tmp_path / "results.md").read_text()
   assert "| shape" in md and "Training step" in md
+  assert f"- allocator: {report['malloc']}" in md
   # The chart exists, or the run said why not.
   assert (tmp_path / "speedup.png").exists() or (
       "matplotlib is not installed" in proc.stdout
