@@ -17,26 +17,27 @@ Forward pass
   channels, which XLA:CPU hands to its matmul library.
 
 Derivatives
-  The depthwise step is a `jax.custom_jvp` function whose tangent map is
-  built so that JAX's automatic *transposition* of it -- the backward
-  pass -- is what XLA:CPU runs well, while forward mode (`jax.jvp`,
-  `jax.hessian`) and derivatives of any order keep working:
+  The depthwise step is a primitive, bilinear in the input and the kernel,
+  whose kernel gradient is a second primitive (the two are each other's
+  transposes, see `_depthwise_p`), so that reverse mode runs what XLA:CPU
+  runs well, and forward mode, `jax.vmap` and derivatives of any order
+  keep working:
 
   * the input gradient is the transposed taps: each tap's slice of the
     output cotangent times its weights, scattered back by `lax.pad` (edge
     padding for the offset, interior padding for the stride), summed in
     one fused loop;
-  * the depthwise-kernel gradient ``sum(x_tap * g)`` is the part XLA:CPU
-    handles worst (it hands each tap's reduction, with a materialised
-    product, to a library call). `_kernel_tangent` makes its transpose sum
-    each tap's product over chunks of rows with explicit adds in one fused
-    loop per tap; the taps' partial sums meet in one concatenation and one
-    reduction;
+  * the depthwise-kernel gradient ``sum(x_tap * g)`` is what autodiff
+    does worst (one reduction per tap, each a separate pass over the input
+    and the cotangent, which XLA:CPU hands to a library call with a
+    materialised product). `_kernel_grad` sums the taps' products over
+    chunks of rows in one variadic reduction, a single pass for 9 taps,
+    then reduces the partial sums;
   * the pointwise step is a plain `lax.dot_general`, differentiated as is
     (see `pointwise`).
 
   Linearising saves only the inputs and the depthwise result for the
-  backward pass (`_kernel_tangent` is rematerialised), as "lax" does.
+  backward pass, as "lax" does.
 
 Everything is written for any number of spatial dimensions and both data
 formats; `_ops` reshapes every input to one batch axis first.
@@ -50,14 +51,20 @@ import math
 from typing import NamedTuple, Sequence
 
 import jax
+import jax.extend as jex
 import jax.numpy as jnp
 from jax import lax
+from jax.interpreters import ad
+from jax.interpreters import batching
+from jax.interpreters import mlir
 
 from sepconv_jax import _args
 
 #: The depthwise-kernel gradient sums each tap's product over chunks of this
 #: many output rows with explicit adds before its final reduction.
 _ROW_CHUNK = 8
+#: ... and sums at most this many taps in one pass over its inputs.
+_TAPS_PER_PASS = 9
 
 
 class _Tap(NamedTuple):
@@ -74,7 +81,7 @@ class _Tap(NamedTuple):
 
 
 class _Layout(NamedTuple):
-  """The static configuration of one call (hashable: a custom_jvp arg)."""
+  """The static configuration of one call (hashable: a primitive param)."""
 
   spec: _args.ConvSpec
   pads: tuple[tuple[int, int], ...]
@@ -210,9 +217,7 @@ def _row_chunk(length: int) -> tuple[int, int, int]:
   """How the kernel gradient chunks `length` rows: (chunk, blocks, tail).
 
   A chunk of 5 to 14 rows that divides `length`, as near `_ROW_CHUNK` as
-  possible; else `_ROW_CHUNK`-row chunks and a shorter tail chunk. (XLA:CPU
-  stops fusing the product into the adds for much longer chunks, and
-  shorter ones leave more partial sums to reduce.)
+  possible; else `_ROW_CHUNK`-row chunks and a shorter tail chunk.
   """
   if length <= 14:
     return length, 1, 0
@@ -223,66 +228,51 @@ def _row_chunk(length: int) -> tuple[int, int, int]:
   return _ROW_CHUNK, length // _ROW_CHUNK, length % _ROW_CHUNK
 
 
-def _spread(piece, axis: int, chunk: int, blocks: int, tail: int):
-  """Repeats each block of `piece` (along `axis`) over its chunk of rows.
+def _sum_together(terms, axis: int):
+  """Sums every array of `terms` over `axis` in one variadic `lax.reduce`.
 
-  `piece` has ``blocks`` (+ 1 with a tail) blocks along `axis`; the result
-  has ``blocks * chunk + tail`` rows. Built by stacking copies, so that its
-  transpose sums every chunk with explicit adds.
+  XLA:CPU fuses the products that make the terms into this one loop, so
+  the taps share one pass over their inputs.
   """
-  def repeat(p, times):
-    v = jnp.stack([p] * times, axis=axis + 1)
-    return v.reshape(v.shape[:axis] + (-1,) + v.shape[axis + 2:])
-  if not tail:
-    return repeat(piece, chunk)
-  main, last = lax.split(piece, (blocks, 1), axis=axis)
-  return lax.concatenate([repeat(main, chunk), repeat(last, tail)], axis)
+  zeros = [jnp.zeros((), t.dtype) for t in terms]
+  return lax.reduce(list(terms), zeros,
+                    lambda a, b: tuple(u + v for u, v in zip(a, b)), (axis,))
 
 
-def _kernel_tangent(layout: _Layout, x, kernel_tangent):
-  """``_forward(layout, x, kernel_tangent)``, assembled for transposition.
+def _kernel_grad(layout: _Layout, x, ct, *, kernel_shape, kernel_dtype):
+  """The depthwise kernel's cotangent: ``sum(x_tap * ct)`` for every tap.
 
-  The value is that of the plain taps, but the tangent of every tap is
-  spread over the output grid by stacking copies of it along the rows (see
-  `_spread`; channels-last grids chunk batch x rows as one axis), not by a
-  broadcast, and the taps come out of one `lax.split`. JAX transposes a
-  stack into slices whose cotangents add up, and a split into a
-  concatenation, so the backward pass computes, for every tap, the product
-  ``x_tap * g`` summed over chunks of rows by explicit adds -- one fused
-  loop per tap -- then concatenates the taps' partial sums and reduces them
-  at once. (A broadcast would transpose to one reduction per tap, which
-  XLA:CPU hands to a library call together with a materialised product:
-  several times slower.)
+  The input is padded once, so that every tap is a plain strided slice of
+  it over the whole output grid. The taps' products are summed over chunks
+  of rows (batch x rows for channels-last) by variadic reductions of up to
+  `_TAPS_PER_PASS` taps, each one pass over the input and the cotangent,
+  and the partial sums are then reduced per tap. (One reduction per tap
+  over the whole grid is several times slower on XLA:CPU.)
   """
   spec = layout.spec
   acc_dtype = _accumulation_dtype(x.dtype)
-  *_, channels, multiplier = kernel_tangent.shape
-  _, window, out, _ = _geometry(layout, x.shape, kernel_tangent.shape)
+  *window, channels, multiplier = kernel_shape
+  _, _, out, _ = _geometry(layout, x.shape, kernel_shape)
   batch = x.shape[0]
-  # Pad the input once so that every tap is a plain strided slice of it
-  # over the whole output grid (taps in the padding read zeros).
   xp = lax.pad(x.astype(acc_dtype), jnp.zeros((), acc_dtype),
                layout.full(x.ndim, [(lo, hi, 0) for lo, hi in layout.pads],
                            (0, 0, 0)))
   grid = layout.grid(batch, out, channels, multiplier)
+  g = ct.astype(acc_dtype).reshape(grid)
   ch_axes = layout.channel_axes(len(grid), multiplier)
   axis = layout.spatial_axes(len(grid))[0]  # the chunked axis: rows
   if spec.channels_last:  # batch and rows are adjacent: chunk them as one
     grid = (grid[0] * grid[1],) + grid[2:]
+    g = g.reshape(grid)
     ch_axes = tuple(a - 1 for a in ch_axes)
     axis = 0
   chunk, blocks, tail = _row_chunk(grid[axis])
-  block_grid = grid[:axis] + (blocks + (1 if tail else 0),) + grid[axis + 1:]
-  indices = list(itertools.product(*(range(k) for k in window)))
-  ch = (channels,) if multiplier == 1 else (channels, multiplier)
-  kt = kernel_tangent.astype(acc_dtype).reshape(len(indices), *ch)
-  spread = lax.broadcast_in_dim(kt, (len(indices), *block_grid),
-                                (0, *(1 + a for a in ch_axes)))
-  pieces = lax.split(spread, (1,) * len(indices), axis=0)
   x_axes = layout.spatial_axes(xp.ndim)
-  total = None
-  for piece, index in zip(pieces, indices):
-    v = _spread(piece.reshape(block_grid), axis, chunk, blocks, tail)
+  x_grid = list(grid)  # the input broadcasts along the multiplier axis
+  if multiplier > 1:
+    x_grid[ch_axes[1]] = 1
+
+  def tap_product(index):
     start, limit = [0] * xp.ndim, list(xp.shape)
     for ax, i, s, d, o in zip(x_axes, index, spec.strides,
                               spec.dilation_rate, out):
@@ -290,48 +280,151 @@ def _kernel_tangent(layout: _Layout, x, kernel_tangent):
       limit[ax] = i * d + (o - 1) * s + 1
     xs = lax.slice(xp, start, limit, layout.full(xp.ndim, spec.strides, 1))
     xs = _with_multiplier(layout, xs, multiplier)
-    if spec.channels_last:
-      xs = xs.reshape((-1,) + xs.shape[2:])
-    term = xs * v
-    total = term if total is None else total + term
-  return _merge_channels(layout, total, batch, out, channels, multiplier)
+    return xs.reshape(x_grid) * g
+
+  def per_tap_sum(partial):
+    keep = set(ch_axes)
+    return jnp.sum(partial, axis=tuple(a for a in range(partial.ndim)
+                                       if a not in keep))
+
+  indices = list(itertools.product(*(range(k) for k in window)))
+  sums = []
+  for first in range(0, len(indices), _TAPS_PER_PASS):
+    products = [tap_product(i)
+                for i in indices[first:first + _TAPS_PER_PASS]]
+    def chunked(begin, count, size):  # rows [begin, begin + count * size)
+      return [lax.slice_in_dim(p, begin, begin + count * size, axis=axis)
+              .reshape(p.shape[:axis] + (count, size) + p.shape[axis + 1:])
+              for p in products]
+    partials = _sum_together(chunked(0, blocks, chunk), axis + 1)
+    if tail:
+      rest = _sum_together(chunked(blocks * chunk, 1, tail), axis + 1)
+      sums += [per_tap_sum(a) + per_tap_sum(b)
+               for a, b in zip(partials, rest)]
+    else:
+      sums += [per_tap_sum(a) for a in partials]
+  return jnp.stack(sums).reshape(kernel_shape).astype(kernel_dtype)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _depthwise(layout: _Layout, x, kernel):
+def _input_grad(layout: _Layout, x_aval, ct, kernel):
+  """The input's cotangent: `_forward` transposed in `x` (plain JAX).
+
+  The transposed taps: each tap's slice of ``ct`` times its weights,
+  scattered back by `lax.pad` (edge padding for the offset, interior
+  padding for the stride), summed in one fused loop.
+  """
+  shape = jax.ShapeDtypeStruct(x_aval.shape, x_aval.dtype)
+  transpose = jax.linear_transpose(
+      lambda v: _forward(layout, v, kernel), shape)
+  return transpose(ct)[0]
+
+
+# The depthwise step and its kernel gradient are two primitives, each
+# bilinear and the other's transpose, so that every transformation --
+# reverse mode above all -- runs the implementations above:
+#
+#   depthwise(x, k)   = _forward:      d/dx: _input_grad   d/dk: kernel_grad
+#   kernel_grad(x, g) = _kernel_grad:  d/dx: _input_grad   d/dg: depthwise
+#
+# Linearising saves only `x` (and the kernel) for the backward pass, as
+# "lax" does. Forward mode and derivatives of every order follow from the
+# bilinear rules. Both lower through `mlir.lower_fun`, so XLA sees the same
+# ops as without the primitives.
+
+_depthwise_p = jex.core.Primitive("sepconv_taps_depthwise")
+_kernel_grad_p = jex.core.Primitive("sepconv_taps_depthwise_kernel_grad")
+
+
+def _depthwise_abstract_eval(x, kernel, *, layout):
+  out = jax.eval_shape(functools.partial(_forward, layout),
+                       jax.ShapeDtypeStruct(x.shape, x.dtype),
+                       jax.ShapeDtypeStruct(kernel.shape, kernel.dtype))
+  return x.update(shape=out.shape, dtype=out.dtype, weak_type=False)
+
+
+def _kernel_grad_abstract_eval(x, ct, *, layout, kernel_shape,
+                               kernel_dtype):
+  del ct, layout
+  return x.update(shape=kernel_shape, dtype=kernel_dtype, weak_type=False)
+
+
+def _depthwise_impl(x, kernel, *, layout):
   return _forward(layout, x, kernel)
 
 
-@functools.partial(_depthwise.defjvp, symbolic_zeros=True)
-def _depthwise_jvp(layout, primals, tangents):
-  x, kernel = primals
-  x_dot, kernel_dot = tangents
-  y = _forward(layout, x, kernel)
-  acc_dtype = _accumulation_dtype(y.dtype)
-  zero = jax.custom_derivatives.SymbolicZero
-  y_dot = None
-  if not isinstance(x_dot, zero):
-    # Linear in x_dot; JAX transposes it into the input gradient: one fused
-    # loop of pads (edge padding for the offset, interior for the stride).
-    y_dot = _forward(layout, x_dot, kernel).astype(acc_dtype)
-  if not isinstance(kernel_dot, zero):
-    # Rematerialised: linearising must save `x` alone for the backward
-    # pass, not the shifted taps of x that the tangent reads (one
-    # activation per tap would outlive a jitted forward pass).
-    tangent = jax.checkpoint(functools.partial(_kernel_tangent, layout),
-                             prevent_cse=False)
-    term = tangent(x, kernel_dot)
-    y_dot = term if y_dot is None else y_dot + term
-  if y_dot is None:
-    y_dot = jnp.zeros(y.shape, acc_dtype)
-  return y, y_dot.astype(y.dtype)
+def _kernel_grad_impl(x, ct, **params):
+  return _kernel_grad(params.pop("layout"), x, ct, **params)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(impl, params):
+  return jax.jit(functools.partial(impl, **dict(params)))
+
+
+def _eager(impl, *args, **params):
+  """Outside `jax.jit`, a primitive runs its implementation compiled."""
+  return _compiled(impl, tuple(sorted(params.items())))(*args)
+
+
+def _depthwise_transpose_x(ct, x, kernel, *, layout):
+  return _input_grad(layout, x.aval, ct, kernel)
+
+
+def _depthwise_transpose_kernel(ct, x, kernel, *, layout):
+  return _kernel_grad_p.bind(x, ct, layout=layout,
+                             kernel_shape=tuple(kernel.aval.shape),
+                             kernel_dtype=jnp.dtype(kernel.aval.dtype))
+
+
+def _kernel_grad_transpose_x(kt, x, ct, *, layout, kernel_shape,
+                             kernel_dtype):
+  del kernel_shape, kernel_dtype
+  return _input_grad(layout, x.aval, ct, kt)
+
+
+def _kernel_grad_transpose_ct(kt, x, ct, *, layout, kernel_shape,
+                              kernel_dtype):
+  del kernel_shape, kernel_dtype
+  return _depthwise_p.bind(x, kt.astype(ct.aval.dtype), layout=layout)
+
+
+def _depthwise_batch(args, dims, *, layout):
+  """vmap: a batched input joins the batch axis; else vmap `_forward`."""
+  (x, kernel), (bx, bk) = args, dims
+  if bk is None:  # (batching's "not mapped")
+    x = jnp.moveaxis(x, bx, 0)
+    size, batch = x.shape[:2]
+    y = _depthwise_p.bind(x.reshape((size * batch,) + x.shape[2:]), kernel,
+                          layout=layout)
+    return y.reshape((size, batch) + y.shape[1:]), 0
+  return jax.vmap(functools.partial(_forward, layout), (bx, bk))(x, kernel), 0
+
+
+def _kernel_grad_batch(args, dims, **params):
+  return jax.vmap(functools.partial(_kernel_grad_impl, **params),
+                  tuple(dims))(*args), 0
+
+
+for _p, _impl, _abstract, _batch in (
+    (_depthwise_p, _depthwise_impl, _depthwise_abstract_eval,
+     _depthwise_batch),
+    (_kernel_grad_p, _kernel_grad_impl, _kernel_grad_abstract_eval,
+     _kernel_grad_batch)):
+  _p.def_impl(functools.partial(_eager, _impl))
+  _p.def_abstract_eval(_abstract)
+  mlir.register_lowering(_p, mlir.lower_fun(_impl, multiple_results=False))
+  batching.primitive_batchers[_p] = _batch
+ad.defbilinear(_depthwise_p, _depthwise_transpose_x,
+               _depthwise_transpose_kernel)
+ad.defbilinear(_kernel_grad_p, _kernel_grad_transpose_x,
+               _kernel_grad_transpose_ct)
 
 
 def depthwise(x, kernel, spec: _args.ConvSpec, pads, precision):
   """The depthwise step (see the module docstring)."""
   del precision  # elementwise products, exact in the accumulation dtype
   layout = _Layout(spec, tuple((int(lo), int(hi)) for lo, hi in pads))
-  return _depthwise(layout, x, kernel)
+  return _depthwise_p.bind(x, kernel, layout=layout)
 
 
 def _dot(y, w, channels_last: bool, precision):
@@ -347,14 +440,15 @@ def _dot(y, w, channels_last: bool, precision):
   preferred = _accumulation_dtype(y.dtype)
   channels, filters = w.shape
   if channels_last:
-    out = lax.dot_general(y.reshape(-1, channels), w,
+    rows = math.prod(y.shape[:-1])
+    out = lax.dot_general(y.reshape(rows, channels), w,
                           (((1,), (0,)), ((), ())), precision=precision,
                           preferred_element_type=preferred)
     return out.reshape(y.shape[:-1] + (filters,))
   batch, spatial = y.shape[0], y.shape[2:]
   if math.prod(spatial) >= channels:
     wt = jnp.broadcast_to(w.T, (batch, filters, channels))
-    out = lax.dot_general(wt, y.reshape(batch, channels, -1),
+    out = lax.dot_general(wt, y.reshape(batch, channels, math.prod(spatial)),
                           (((2,), (1,)), ((0,), (0,))), precision=precision,
                           preferred_element_type=preferred)
     return out.reshape((batch, filters) + spatial)

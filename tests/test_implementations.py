@@ -9,7 +9,8 @@ the independent float64 NumPy reference of ``tests/reference.py``:
 * VJPs (input, both kernels, bias) equal to those of "lax";
 * `jax.test_util.check_grads` in float64, orders 1 and 2, forward and
   reverse mode, on tiny shapes;
-* rank-3 (unbatched) inputs and extra leading batch dims, jit, vmap;
+* rank-3 (unbatched) inputs and extra leading batch dims, jit, vmap
+  (per-example gradients and vmapped kernels too);
 * bfloat16, with the tolerance stated at `test_bfloat16_against_float64`;
 * the "auto" policy and the forward pass's memory (no im2col copy).
 """
@@ -182,6 +183,57 @@ def test_forward_mode_and_transforms_match_lax(impl):
   vm = jax.vmap(f(impl), in_axes=(0, None, None, None))(x[:, None], dk, pk, b)
   np.testing.assert_allclose(vm[:, 0], f("lax")(x, dk, pk, b), rtol=1e-5,
                              atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", FAST)
+@pytest.mark.parametrize("fmt", ["channels_last", "channels_first"])
+def test_vmapped_gradients_and_batched_kernels(impl, fmt):
+  # Per-example gradients (vmap of grad: the kernel gradient is batched)
+  # and a vmapped kernel (one depthwise kernel per vmapped member), eager
+  # and under jit, against "lax".
+  rng = np.random.default_rng(_seed("vmap-grad", impl, fmt))
+  x, dk, pk, b = _make(rng, 4, 7, 6, 3, (3, 2), 2, 2, fmt)
+  dks = rng.standard_normal((5,) + dk.shape).astype(np.float32)
+  kw = dict(strides=(1, 2), padding="same", data_format=fmt)
+
+  def loss(impl):
+    return lambda x, dk, pk, b: jnp.sum(jnp.sin(sepconv_jax.separable_conv2d(
+        x[None], dk, pk, b, **kw, implementation=impl)))
+
+  per_example = jax.vmap(jax.grad(loss(impl), argnums=(0, 1, 2, 3)),
+                         in_axes=(0, None, None, None))
+  want = jax.vmap(jax.grad(loss("lax"), argnums=(0, 1, 2, 3)),
+                  in_axes=(0, None, None, None))(x, dk, pk, b)
+  for run in (per_example, jax.jit(per_example)):
+    for got, w in zip(run(x, dk, pk, b), want):
+      np.testing.assert_allclose(got, w, rtol=1e-4,
+                                 atol=1e-4 * np.max(np.abs(w)))
+
+  def members(impl):
+    return jax.vmap(lambda dk: sepconv_jax.depthwise_conv2d(
+        x, dk, **kw, implementation=impl))
+
+  np.testing.assert_allclose(members(impl)(dks), members("lax")(dks),
+                             rtol=1e-5, atol=1e-5)
+  g = jax.grad(lambda dks: jnp.sum(jnp.sin(members(impl)(dks))))(dks)
+  g_lax = jax.grad(lambda dks: jnp.sum(jnp.sin(members("lax")(dks))))(dks)
+  np.testing.assert_allclose(g, g_lax, rtol=1e-4, atol=1e-4)
+
+
+def test_taps_backward_pass_runs_the_kernel_gradient_primitive():
+  # The reverse-mode kernel gradient must be `_taps._kernel_grad` (one
+  # variadic reduction per 9 taps), not autodiff's reduction per tap.
+  x = jnp.ones((2, 8, 8, 4))
+  dk = jnp.ones((3, 3, 4, 1))
+  grad = jax.grad(lambda dk: jnp.sum(sepconv_jax.depthwise_conv2d(
+      x, dk, padding="same", implementation="taps")))
+  assert "sepconv_taps_depthwise_kernel_grad" in str(jax.make_jaxpr(grad)(dk))
+  # Closed form: with ones everywhere, each tap's gradient counts the
+  # output positions whose input at that tap is not padding (8x8 grid,
+  # 3x3 window, "same"): corners 7*7, edges 7*8, centre 8*8, per image.
+  counts = np.array([[49, 56, 49], [56, 64, 56], [49, 56, 49]]) * 2
+  np.testing.assert_array_equal(
+      grad(dk), np.broadcast_to(counts[:, :, None, None], dk.shape))
 
 
 @pytest.mark.parametrize("impl", FAST)
