@@ -61,7 +61,7 @@ from jax.interpreters import mlir
 from sepconv_jax import _args
 
 #: The depthwise-kernel gradient sums each tap's product over chunks of this
-#: many output rows with explicit adds before its final reduction.
+#: many output rows (one variadic reduction) before its per-tap reductions.
 _ROW_CHUNK = 8
 #: ... and sums at most this many taps in one pass over its inputs.
 _TAPS_PER_PASS = 9
