@@ -287,18 +287,21 @@ def _kernel_grad(layout: _Layout, x, ct, *, kernel_shape, kernel_dtype):
     return jnp.sum(partial, axis=tuple(a for a in range(partial.ndim)
                                        if a not in keep))
 
+  def chunked(products, begin, count, size):
+    """Rows [begin, begin + count * size) of each, split into chunks."""
+    return [lax.slice_in_dim(p, begin, begin + count * size, axis=axis)
+            .reshape(p.shape[:axis] + (count, size) + p.shape[axis + 1:])
+            for p in products]
+
   indices = list(itertools.product(*(range(k) for k in window)))
   sums = []
   for first in range(0, len(indices), _TAPS_PER_PASS):
     products = [tap_product(i)
                 for i in indices[first:first + _TAPS_PER_PASS]]
-    def chunked(begin, count, size):  # rows [begin, begin + count * size)
-      return [lax.slice_in_dim(p, begin, begin + count * size, axis=axis)
-              .reshape(p.shape[:axis] + (count, size) + p.shape[axis + 1:])
-              for p in products]
-    partials = _sum_together(chunked(0, blocks, chunk), axis + 1)
+    partials = _sum_together(chunked(products, 0, blocks, chunk), axis + 1)
     if tail:
-      rest = _sum_together(chunked(blocks * chunk, 1, tail), axis + 1)
+      rest = _sum_together(chunked(products, blocks * chunk, 1, tail),
+                           axis + 1)
       sums += [per_tap_sum(a) + per_tap_sum(b)
                for a, b in zip(partials, rest)]
     else:
@@ -432,7 +435,7 @@ def _dot(y, w, channels_last: bool, precision):
 
   Channels-last: one (positions, K) @ (K, F) product on a 2-D view of `y`.
   (On the N-D array XLA:CPU transposes the output cotangent before the
-  kernel gradient's dot, which made a training step up to 5x slower.)
+  kernel gradient's dot: 5x slower for that part of a training step.)
   Channels-first: per image, (F, K) @ (K, positions) as one batched
   product when an image has at least as many positions as channels, else a
   product over the channels followed by moving the filters forward.
