@@ -633,9 +633,11 @@ def plot(report: dict, path: str) -> Optional[str]:
     ax.set_ylabel("speedup (peer time / sepconv_jax time)")
     ax.grid(axis="y", which="both", alpha=0.3)
   axes[0].legend(fontsize=8)
+  allocator = report.get("malloc", "default").split(" ")[0]
   fig.suptitle(f"{report['device']} ({report['cpu']}, {report['cpu_count']}"
                " cores), float32, batch "
-               f"{report['batch']}, 3x3 'same'; > 1 = sepconv_jax faster")
+               f"{report['batch']}, 3x3 'same', {allocator} allocator; "
+               "> 1 = sepconv_jax faster")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
