@@ -339,10 +339,11 @@ _kernel_grad_p = jex.core.Primitive("sepconv_taps_depthwise_kernel_grad")
 
 
 def _depthwise_abstract_eval(x, kernel, *, layout):
-  out = jax.eval_shape(functools.partial(_forward, layout),
-                       jax.ShapeDtypeStruct(x.shape, x.dtype),
-                       jax.ShapeDtypeStruct(kernel.shape, kernel.dtype))
-  return x.update(shape=out.shape, dtype=out.dtype, weak_type=False)
+  _, _, out, _ = _geometry(layout, x.shape, kernel.shape)
+  channels = kernel.shape[-2] * kernel.shape[-1]
+  shape = ((x.shape[0], *out, channels) if layout.spec.channels_last
+           else (x.shape[0], channels, *out))
+  return x.update(shape=shape, weak_type=False)
 
 
 def _kernel_grad_abstract_eval(x, ct, *, layout, kernel_shape,
