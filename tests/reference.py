@@ -110,3 +110,12 @@ def separable_conv2d(x, depthwise_kernel, pointwise_kernel, bias=None,
   if bias is not None:
     y = y + np.asarray(bias).astype(np.float64)
   return _from_nhwc(y, data_format)
+
+
+def assert_close(actual, expected, rtol=1e-4, atol=1e-4):
+  """f32 vs float64 reference; atol scaled by the reference's magnitude."""
+  actual = np.asarray(actual, dtype=np.float64)
+  expected = np.asarray(expected, dtype=np.float64)
+  assert actual.shape == expected.shape, (actual.shape, expected.shape)
+  scale = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
+  np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol * scale)

@@ -59,13 +59,7 @@ def _jit(fn, **kwargs):
   return jax.jit(functools.partial(fn, **kwargs))
 
 
-def assert_close(actual, expected, rtol=1e-4, atol=1e-4):
-  """f32 vs float64 reference; atol scaled by the reference's magnitude."""
-  actual = np.asarray(actual, dtype=np.float64)
-  expected = np.asarray(expected, dtype=np.float64)
-  assert actual.shape == expected.shape, (actual.shape, expected.shape)
-  scale = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
-  np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol * scale)
+assert_close = ref.assert_close
 
 
 def _spec_out_shape(x_shape, kh, kw, f, strides, padding, dilation, fmt):
