@@ -12,8 +12,10 @@ Forward pass
   sees), zero-padded to the output grid, times that tap's ``(C, M)``
   weights. XLA fuses the whole sum into one loop, so neither a padded copy
   nor an im2col copy of the input is materialised: the only temporary of a
-  separable forward pass is the depthwise result. Accumulation is in float32
-  (or wider). The pointwise step is one `lax.dot_general` over the
+  separable forward pass is the depthwise result. On large stride-1
+  outputs the interior, where no tap reads padding, gets a loop of its
+  own, free of per-output padding checks (`_split_forward`). Accumulation
+  is in float32 (or wider). The pointwise step is one `lax.dot_general` over the
   channels, which XLA:CPU hands to its matmul library.
 
 Derivatives
@@ -60,6 +62,14 @@ from jax.interpreters import mlir
 
 from sepconv_jax import _args
 
+#: The forward pass computes the output's interior (where no tap reads
+#: padding) in a loop of its own when every stride is 1 and an image has
+#: at least this many output positions (`_splits`). Measured on a 2-core
+#: AMD EPYC (Zen 5), interleaved in one process, at the benchmark's shapes:
+#: forward 5-18% and training step 3-9% faster at 112x112 and 56x56; within
+#: noise at 28x28, and slower at 19x19 and at stride 2, where the border
+#: loops cost more than the checks they save.
+_SPLIT_MIN_POSITIONS = 56 * 56
 #: The depthwise-kernel gradient sums each tap's product over chunks of this
 #: many output rows (one variadic reduction) before its per-tap reductions.
 _ROW_CHUNK = 8
@@ -213,6 +223,72 @@ def _forward(layout: _Layout, x, kernel):
                          multiplier).astype(x.dtype)
 
 
+def _splits(layout: _Layout, out) -> bool:
+  """Whether `_split_forward` pays: stride 1, `_SPLIT_MIN_POSITIONS`."""
+  return (all(s == 1 for s in layout.spec.strides)
+          and math.prod(out) >= _SPLIT_MIN_POSITIONS)
+
+
+def _interior(window, out, taps):
+  """The output box ``(lo, hi)`` where no tap reads padding, or None."""
+  if not taps or len(taps) < math.prod(window):
+    return None
+  lo = tuple(max(t.first[d] for t in taps) for d in range(len(out)))
+  hi = tuple(min(t.last[d] for t in taps) + 1 for d in range(len(out)))
+  if any(b <= a for a, b in zip(lo, hi)):
+    return None
+  return lo, hi
+
+
+def _box(layout: _Layout, x, kernel, lo, hi):
+  """`_forward` for the output positions ``lo <= q < hi`` alone.
+
+  Crops the input to what those outputs read and turns the rest into
+  padding, so a box that reads no padding is a plain sum of slices.
+  """
+  spec = layout.spec
+  axes = layout.spatial_axes(x.ndim)
+  start, limit, pads = [0] * x.ndim, list(x.shape), []
+  for ax, a, b, k, s, d, (before, _) in zip(
+      axes, lo, hi, kernel.shape[:spec.rank], spec.strides,
+      spec.dilation_rate, layout.pads):
+    first = a * s - before                   # read by output a, first tap
+    end = (b - 1) * s + (k - 1) * d - before + 1  # past output b-1, last tap
+    start[ax] = min(max(first, 0), x.shape[ax])
+    limit[ax] = max(min(end, x.shape[ax]), start[ax])
+    pads.append((start[ax] - first, end - limit[ax]))  # < 0: cropped
+  return _forward(layout._replace(pads=tuple(pads)),
+                  lax.slice(x, start, limit), kernel)
+
+
+def _split_forward(layout: _Layout, x, kernel):
+  """`_forward` as an interior box plus border slabs, each its own loop.
+
+  XLA:CPU fuses `_forward` into one loop that checks, at every output,
+  which taps read padding. Here the interior (no padding read) is a loop
+  of plain slices, written into its place in the output by a `lax.pad`,
+  and the borders are small `_forward` loops written over it in place by
+  `lax.dynamic_update_slice`.
+  """
+  _, window, out, taps = _geometry(layout, x.shape, kernel.shape)
+  box = _interior(window, out, taps) if _splits(layout, out) else None
+  if box is None:
+    return _forward(layout, x, kernel)
+  lo, hi = box
+  y = _box(layout, x, kernel, lo, hi)
+  y = lax.pad(y, jnp.zeros((), y.dtype), layout.full(
+      y.ndim, [(a, o - b, 0) for a, b, o in zip(lo, hi, out)], (0, 0, 0)))
+  for d in range(len(out)):  # slabs: interior along dims < d, all after
+    for a, b in ((0, lo[d]), (hi[d], out[d])):
+      if a < b:
+        start = lo[:d] + (a,) + (0,) * (len(out) - d - 1)
+        limit = hi[:d] + (b,) + out[d + 1:]
+        y = lax.dynamic_update_slice(
+            y, _box(layout, x, kernel, start, limit),
+            layout.full(y.ndim, start, 0))
+  return y
+
+
 def _row_chunk(length: int) -> tuple[int, int, int]:
   """How the kernel gradient chunks `length` rows: (chunk, blocks, tail).
 
@@ -353,7 +429,7 @@ def _kernel_grad_abstract_eval(x, ct, *, layout, kernel_shape,
 
 
 def _depthwise_impl(x, kernel, *, layout):
-  return _forward(layout, x, kernel)
+  return _split_forward(layout, x, kernel)
 
 
 def _kernel_grad_impl(x, ct, **params):

@@ -18,6 +18,7 @@ the independent float64 NumPy reference of ``tests/reference.py``:
 from __future__ import annotations
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -27,11 +28,14 @@ from jax.test_util import check_grads
 
 import sepconv_jax
 from sepconv_jax import _ops
+from sepconv_jax import _taps
 
 try:
   from tests import reference as ref
+  from tests import reference_nd as ref_nd
 except ImportError:  # run from inside tests/
   import reference as ref
+  import reference_nd as ref_nd
 
 FAST = [i for i in sepconv_jax.IMPLEMENTATIONS if i not in ("auto", "lax")]
 ALL = [i for i in sepconv_jax.IMPLEMENTATIONS if i != "auto"]
@@ -79,6 +83,90 @@ def _seed(*parts) -> int:
 
 @pytest.mark.parametrize("case", _CASES, ids=_ids)
 def test_matches_lax_and_float64_reference(case):
+  _check_against_references(case)
+
+
+@pytest.fixture
+def taps_boxes(monkeypatch):
+  """The output boxes (lo, hi) that "taps"'s split forward pass computes."""
+  boxes = []
+  box = _taps._box
+
+  def counted(*args):
+    boxes.append(args[3:])
+    return box(*args)
+
+  monkeypatch.setattr(_taps, "_box", counted)
+  return boxes
+
+
+@pytest.fixture
+def taps_split_everywhere(monkeypatch, taps_boxes):
+  """"taps" with the interior/border split at every shape and stride (by
+  default only large stride-1 outputs take it)."""
+  monkeypatch.setattr(_taps, "_splits", lambda layout, out: True)
+  return taps_boxes
+
+
+@pytest.mark.parametrize("size,strides,splits", [
+    (56, 1, True), (28, 1, False), (112, 2, False)])
+def test_taps_splits_large_stride_1_outputs(size, strides, splits,
+                                            taps_boxes):
+  x = jnp.ones((1, size, size, 2))
+  y = sepconv_jax.depthwise_conv2d(x, jnp.ones((3, 3, 2, 1)),
+                                   strides=strides, padding="same",
+                                   implementation="taps")
+  assert bool(taps_boxes) == splits
+  if splits:  # the interior, then the four borders
+    assert taps_boxes[0] == ((1, 1), (size - 1, size - 1))
+    assert len(taps_boxes) == 5
+  # Closed form: each output counts the non-padding inputs of its window
+  # ("same": ceil(size / strides) outputs, the padding split low-first).
+  out = -(-size // strides)
+  before = max((out - 1) * strides + 3 - size, 0) // 2
+  starts = np.arange(out) * strides - before
+  count = sum((0 <= starts + i) & (starts + i < size) for i in range(3))
+  np.testing.assert_array_equal(y[0, ..., 0], np.outer(count, count))
+
+
+@pytest.mark.parametrize("case", [c for c in _CASES if c[0] == "taps"],
+                         ids=_ids)
+def test_taps_split_forward_matches_references(case, taps_split_everywhere):
+  _check_against_references(case)
+  assert taps_split_everywhere, "the split forward pass did not run"
+
+
+@pytest.mark.parametrize("rank,strides,dilation,padding", [
+    (1, 1, 1, "causal"), (1, 2, 1, ((4, 5),)), (1, 1, 2, "same"),
+    (3, 1, 1, "same"), (3, 2, 1, ((3, 0), (1, 4), (0, 2))),
+    (3, 1, (2, 1, 1), "same")])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_taps_split_forward_in_1d_and_3d(rank, strides, dilation, padding,
+                                         channels_last,
+                                         taps_split_everywhere):
+  # Padding wider than the kernel's reach leaves border outputs that read
+  # nothing but padding; each border box must still land in its place.
+  rng = np.random.default_rng(rank)
+  spatial = {1: (13,), 3: (6, 7, 5)}[rank]
+  kernel = {1: (3,), 3: (2, 3, 3)}[rank]
+  x = rng.standard_normal((2, *spatial, 3) if channels_last
+                          else (2, 3, *spatial)).astype(np.float32)
+  dk = rng.standard_normal((*kernel, 3, 2)).astype(np.float32)
+  y = _ops.depthwise_conv(
+      x, dk, rank=rank, strides=strides, padding=padding,
+      data_format="channels_last" if channels_last else "channels_first",
+      dilation_rate=dilation, precision=None, implementation="taps")
+  expected = ref_nd.depthwise(
+      x, dk, (strides,) * rank,
+      padding, dilation if isinstance(dilation, tuple) else (dilation,) * rank,
+      channels_last)
+  np.testing.assert_allclose(np.asarray(y), expected, rtol=1e-5,
+                             atol=1e-5 * np.max(np.abs(expected)))
+  assert len(taps_split_everywhere) > 1  # an interior and its borders
+
+
+def _check_against_references(case):
+  """Output, VJP and depthwise step of `case` against float64 and "lax"."""
   impl, strides, dilation, k, m, padding, fmt = case
   rng = np.random.default_rng(_seed(case))
   x, dk, pk, b = _make(rng, 2, 9, 8, 3, k, m, 4, fmt)
@@ -358,15 +446,16 @@ def test_auto_policy():
 @pytest.mark.parametrize("impl", FAST)
 def test_forward_temporaries_no_larger_than_output(impl):
   # No im2col (k*k copies of the input) and no padded copy: the only
-  # temporary of the forward pass is the depthwise result.
-  x = jnp.zeros((2, 20, 20, 16))
-  dk = jnp.zeros((3, 3, 16, 1))
-  pk = jnp.zeros((1, 1, 16, 16))
-  for strides in (1, 2):
+  # temporary of the forward pass is the depthwise result. (60x60 outputs
+  # take the interior/border split of "taps".)
+  for (size, strides) in itertools.product((20, 60), (1, 2)):
+    x = jnp.zeros((2, size, size, 16))
+    dk = jnp.zeros((3, 3, 16, 1))
+    pk = jnp.zeros((1, 1, 16, 16))
     f = jax.jit(lambda x, dk, pk: sepconv_jax.separable_conv2d(
         x, dk, pk, strides=strides, padding="same", implementation=impl))
     compiled = f.lower(x, dk, pk).compile()
     out = jax.eval_shape(f, x, dk, pk)
     out_bytes = np.prod(out.shape) * 4
     temp = compiled.memory_analysis().temp_size_in_bytes
-    assert temp <= out_bytes, (strides, temp, out_bytes)
+    assert temp <= out_bytes, (size, strides, temp, out_bytes)
