@@ -345,12 +345,29 @@ def time_cases(cases: list[Case], repeats: int, min_time: float,
   return samples
 
 
-def calibrate(quick: bool) -> dict:
-  """The machine's attainable peaks, measured with JAX: the roofline.
+def _torch_matmul_seconds(n: int, runs: int) -> float:
+  """Median time of PyTorch's n^3 matmul as a 1x1 channels-last conv
+  (oneDNN: the kernel behind the PyTorch peer's pointwise step)."""
+  import torch
+  import torch.nn.functional as F
+  torch.set_num_threads(os.cpu_count() or 1)
+  cl = torch.channels_last
+  x = torch.ones(1, n, 1, n).contiguous(memory_format=cl)
+  w = torch.ones(n, n, 1, 1).contiguous(memory_format=cl)
+  with torch.no_grad():
+    F.conv2d(x, w)
+    return statistics.median(_time_once(lambda: F.conv2d(x, w))
+                             for _ in range(runs))
 
-  Compute: a large float32 matmul (XLA:CPU's matmul library). Memory: a
-  streaming sum over an array far larger than the caches (read bandwidth;
-  a write-back test would mostly time the page faults of its fresh output).
+
+def calibrate(quick: bool, peers: tuple[str, ...] = ()) -> dict:
+  """The machine's attainable peaks: the roofline.
+
+  Compute: a large float32 matmul, in XLA:CPU's matmul library and, when
+  PyTorch is a peer, in oneDNN (a 1x1 convolution); the peak is the faster.
+  Memory: a streaming sum over an array far larger than the caches (read
+  bandwidth; a write-back test would mostly time the page faults of its
+  fresh output).
   """
   n = 256 if quick else 2048
   a = jnp.ones((n, n), jnp.float32)
@@ -364,11 +381,18 @@ def calibrate(quick: bool) -> dict:
     return statistics.median(
         _time_once(lambda: jax.block_until_ready(fn(arg)))
         for _ in range(runs))
-  t_mm = best(mm, a, 3 if quick else 9)
-  t_add = best(add, v, 3 if quick else 9)
-  return {"matmul_gflops": 2 * n ** 3 / t_mm / 1e9,
-          "stream_gbps": 4 * elems / t_add / 1e9,
-          "matmul_n": n, "stream_bytes": 4 * elems}
+  runs = 3 if quick else 9
+  t_mm = best(mm, a, runs)
+  t_add = best(add, v, runs)
+  result = {"matmul_gflops": 2 * n ** 3 / t_mm / 1e9,
+            "stream_gbps": 4 * elems / t_add / 1e9,
+            "matmul_n": n, "stream_bytes": 4 * elems}
+  if "torch" in peers:
+    result["torch_matmul_gflops"] = (
+        2 * n ** 3 / _torch_matmul_seconds(n, runs) / 1e9)
+  result["peak_gflops"] = max(result["matmul_gflops"],
+                              result.get("torch_matmul_gflops", 0.0))
+  return result
 
 
 def load_average() -> Optional[list[float]]:
@@ -379,7 +403,7 @@ def load_average() -> Optional[list[float]]:
 
 
 # glibc `mallopt` parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 
 
 def tune_malloc() -> str:
@@ -391,18 +415,24 @@ def tune_malloc() -> str:
   the OS on `free`, so each call page-faults its buffers in again: at these
   shapes up to half of a JAX training step's time. Raising the mmap and
   trim thresholds (what ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``
-  do from the environment) keeps them. It is a process setting, so every
-  peer in the run gets it too. Returns what was done, for the report.
+  do from the environment) keeps them in the main heap. Blocks that XLA's
+  worker threads allocate come from per-thread arenas instead, whose heaps
+  glibc unmaps once they are empty whatever the thresholds, so one arena
+  (``MALLOC_ARENA_MAX=1``) is set too. It is a process setting, so every
+  peer in the run gets it as well. Call it before any thread allocates.
+  Returns what was done, for the report.
   """
   try:
     libc = ctypes.CDLL("libc.so.6")
     ok = (libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30) == 1
-          and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1)
+          and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+          and libc.mallopt(_M_ARENA_MAX, 1) == 1)
   except (OSError, AttributeError) as e:
     return f"default (tuning unavailable: {e})"
   if not ok:
-    return "default (glibc mallopt refused the thresholds)"
-  return "tuned (glibc mallopt: mmap threshold 1 GiB, trim threshold 2 GiB)"
+    return "default (glibc mallopt refused the settings)"
+  return ("tuned (glibc mallopt: mmap threshold 1 GiB, trim threshold 2 GiB, "
+          "one arena)")
 
 
 def malloc_setting(requested: str) -> str:
@@ -579,26 +609,38 @@ def markdown(report: dict) -> str:
         f"{_fmt_mib(r[i]['train_temp_bytes'])}" for i in impls) +
         f" | {'yes' if ok else 'NO'} (`{auto}`) |")
   cal = report["roofline"]
-  lines += ["", "## Roofline of the forward pass (`"
-            f"{report['summary']['auto']}`)", "",
-            f"Attainable peaks measured in this run: {cal['matmul_gflops']:.0f}"
-            f" GFLOP/s ({cal['matmul_n']}^3 float32 matmul), "
+  auto = report["summary"]["auto"]
+  torch_peak = cal.get("torch_matmul_gflops")
+  peaks = f"{cal['matmul_gflops']:.0f} GFLOP/s in XLA:CPU" + (
+      f", {torch_peak:.0f} GFLOP/s in PyTorch (oneDNN 1x1 conv)"
+      if torch_peak else "")
+  lines += ["", f"## Roofline of the forward pass (`{auto}`)", "",
+            f"Attainable peaks measured in this run: {peaks} "
+            f"({cal['matmul_n']}^3 float32 matmul; the peak is the faster), "
             f"{cal['stream_gbps']:.1f} GB/s (streaming sum over "
             f"{cal['stream_bytes'] / 2**20:.0f} MiB). Roofline time = "
             "max(FLOPs / peak, minimal bytes / bandwidth); the minimal bytes "
-            "are the input, the kernels and the output, once.", "",
+            "are the input, the kernels and the output, once. The last "
+            "column is the forward time 1.25x faster than the fastest peer's "
+            "median, as a fraction of the roofline (over 100%: no program "
+            "reaches it on this machine).", "",
             "| shape | GFLOP | MB (min) | roofline ms | measured ms | GFLOP/s |"
-            " GB/s | % of roofline |",
-            "|---|---|---|---|---|---|---|---|"]
+            " GB/s | % of roofline | 1.25x fastest peer needs |",
+            "|---|---|---|---|---|---|---|---|---|"]
+  peak = cal.get("peak_gflops", cal["matmul_gflops"])
   for shape in report["shapes"]:
-    r = report["results"][shape][report["summary"]["auto"]]
+    results = report["results"][shape]
+    r = results[auto]
     fl, by = report["flops"][shape], report["min_bytes"][shape]
     t = r["forward_ms"] / 1e3
-    roof = max(fl / (cal["matmul_gflops"] * 1e9),
-               by / (cal["stream_gbps"] * 1e9))
+    roof = max(fl / (peak * 1e9), by / (cal["stream_gbps"] * 1e9))
+    peer_ms = [results[p]["forward_ms"] for p in report["peers"]]
+    need = (f"{min(peer_ms) / 1.25:.2f} ms = "
+            f"{100 * roof * 1e3 / (min(peer_ms) / 1.25):.0f}%"
+            if peer_ms else "")
     lines.append(f"| {shape} | {fl / 1e9:.3f} | {by / 1e6:.1f} | "
                  f"{roof * 1e3:.2f} | {t * 1e3:.2f} | {fl / t / 1e9:.1f} | "
-                 f"{by / t / 1e9:.1f} | {100 * roof / t:.0f}% |")
+                 f"{by / t / 1e9:.1f} | {100 * roof / t:.0f}% | {need} |")
   lines.append("")
   return "\n".join(lines)
 
@@ -711,7 +753,7 @@ def main(argv=None) -> dict:
   print(f"device: {report['device']} ({report['cpu']}, "
         f"{report['cpu_count']} cores); load {report['load_before']}; "
         f"malloc {malloc}", flush=True)
-  report["roofline"] = calibrate(args.quick)
+  report["roofline"] = calibrate(args.quick, tuple(peers))
   for shape in shapes:
     t0 = time.perf_counter()
     cases = sepconv_cases(shape, impls)

@@ -53,6 +53,11 @@ def test_quick_benchmark_writes_results(tmp_path):
       assert results[impl]["forward_temp_bytes"] >= 0
       assert results[impl]["train_temp_bytes"] >= 0
   assert len(report["summary"]["per_shape"]) == len(report["shapes"])
+  roof = report["roofline"]
+  assert roof["matmul_gflops"] > 0 and roof["stream_gbps"] > 0
+  assert ("torch_matmul_gflops" in roof) == ("torch" in report["peers"])
+  assert roof["peak_gflops"] == max(roof["matmul_gflops"],
+                                    roof.get("torch_matmul_gflops", 0.0))
 
   md = (tmp_path / "results.md").read_text()
   assert "| shape" in md and "Training step" in md
@@ -61,3 +66,15 @@ def test_quick_benchmark_writes_results(tmp_path):
   assert (tmp_path / "speedup.png").exists() or (
       "matplotlib is not installed" in proc.stdout
       or "no peer was timed" in proc.stdout)
+
+
+def test_page_faults_script_reports_one_line():
+  proc = subprocess.run(
+      [sys.executable, os.path.join(os.path.dirname(_SCRIPT), "page_faults.py"),
+       "--shape", "1,6,5,2,3", "--calls", "3"],
+      capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr
+  line = proc.stdout.strip()
+  assert line.startswith("1,6,5,2,3: "), line
+  ms = float(line.split(": ")[1].split(" ms/call")[0])
+  assert ms > 0 and "minor faults/call" in line, line
