@@ -12,9 +12,9 @@ Forward pass
   sees), zero-padded to the output grid, times that tap's ``(C, M)``
   weights. XLA fuses the whole sum into one loop, so neither a padded copy
   nor an im2col copy of the input is materialised: the only temporary of a
-  separable forward pass is the depthwise result. On large stride-1
-  outputs the interior, where no tap reads padding, gets a loop of its
-  own, free of per-output padding checks (`_split_forward`). Accumulation
+  separable forward pass is the depthwise result. For large stride-1
+  outputs or kernels the interior, where no tap reads padding, gets a loop
+  of its own, free of per-output padding checks (`_split_forward`). Accumulation
   is in float32 (or wider). The pointwise step is one `lax.dot_general` over the
   channels, which XLA:CPU hands to its matmul library.
 
@@ -63,12 +63,14 @@ from jax.interpreters import mlir
 from sepconv_jax import _args
 
 #: The forward pass computes the output's interior (where no tap reads
-#: padding) in a loop of its own when every stride is 1 and an image has
-#: at least this many output positions (`_splits`). Measured on a 2-core
-#: AMD EPYC (Zen 5), interleaved in one process, at the benchmark's shapes:
-#: forward 5-18% and training step 3-9% faster at 112x112 and 56x56; within
-#: noise at 28x28, and slower at 19x19 and at stride 2, where the border
-#: loops cost more than the checks they save.
+#: padding) in a loop of its own when every stride is 1 and the kernel has
+#: at least `_SPLIT_MIN_TAPS` taps or an image at least
+#: `_SPLIT_MIN_POSITIONS` output positions (`_splits`). Measured on a
+#: 2-core AMD EPYC (Zen 5), interleaved in one process, forward / training
+#: step: 3x3 at 112x112 and 56x56 1.05-1.18x / 1.03-1.09x; 5x5 and 7x7 at
+#: 10x10 to 28x28 1.06-2.2x / 1.12-1.65x; 3x3 at 40x40 and below, and
+#: stride 2, 0.8-1.0x (the border loops cost more than the checks saved).
+_SPLIT_MIN_TAPS = 25
 _SPLIT_MIN_POSITIONS = 56 * 56
 #: The depthwise-kernel gradient sums each tap's product over chunks of this
 #: many output rows (one variadic reduction) before its per-tap reductions.
@@ -223,10 +225,11 @@ def _forward(layout: _Layout, x, kernel):
                          multiplier).astype(x.dtype)
 
 
-def _splits(layout: _Layout, out) -> bool:
-  """Whether `_split_forward` pays: stride 1, `_SPLIT_MIN_POSITIONS`."""
+def _splits(layout: _Layout, window, out) -> bool:
+  """Whether `_split_forward` pays (see `_SPLIT_MIN_TAPS`)."""
   return (all(s == 1 for s in layout.spec.strides)
-          and math.prod(out) >= _SPLIT_MIN_POSITIONS)
+          and (math.prod(window) >= _SPLIT_MIN_TAPS
+               or math.prod(out) >= _SPLIT_MIN_POSITIONS))
 
 
 def _interior(window, out, taps):
@@ -271,7 +274,8 @@ def _split_forward(layout: _Layout, x, kernel):
   `lax.dynamic_update_slice`.
   """
   _, window, out, taps = _geometry(layout, x.shape, kernel.shape)
-  box = _interior(window, out, taps) if _splits(layout, out) else None
+  box = (_interior(window, out, taps) if _splits(layout, window, out)
+         else None)
   if box is None:
     return _forward(layout, x, kernel)
   lo, hi = box

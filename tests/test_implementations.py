@@ -104,28 +104,30 @@ def taps_boxes(monkeypatch):
 def taps_split_everywhere(monkeypatch, taps_boxes):
   """"taps" with the interior/border split at every shape and stride (by
   default only large stride-1 outputs take it)."""
-  monkeypatch.setattr(_taps, "_splits", lambda layout, out: True)
+  monkeypatch.setattr(_taps, "_splits", lambda layout, window, out: True)
   return taps_boxes
 
 
-@pytest.mark.parametrize("size,strides,splits", [
-    (56, 1, True), (28, 1, False), (112, 2, False)])
-def test_taps_splits_large_stride_1_outputs(size, strides, splits,
-                                            taps_boxes):
+@pytest.mark.parametrize("size,kernel,strides,splits", [
+    (56, 3, 1, True), (28, 3, 1, False), (112, 3, 2, False), (14, 5, 1, True),
+    (14, 5, 2, False)])
+def test_taps_splits_large_stride_1_outputs_and_kernels(
+    size, kernel, strides, splits, taps_boxes):
   x = jnp.ones((1, size, size, 2))
-  y = sepconv_jax.depthwise_conv2d(x, jnp.ones((3, 3, 2, 1)),
+  y = sepconv_jax.depthwise_conv2d(x, jnp.ones((kernel, kernel, 2, 1)),
                                    strides=strides, padding="same",
                                    implementation="taps")
   assert bool(taps_boxes) == splits
   if splits:  # the interior, then the four borders
-    assert taps_boxes[0] == ((1, 1), (size - 1, size - 1))
+    edge = kernel // 2
+    assert taps_boxes[0] == ((edge, edge), (size - edge, size - edge))
     assert len(taps_boxes) == 5
   # Closed form: each output counts the non-padding inputs of its window
   # ("same": ceil(size / strides) outputs, the padding split low-first).
   out = -(-size // strides)
-  before = max((out - 1) * strides + 3 - size, 0) // 2
+  before = max((out - 1) * strides + kernel - size, 0) // 2
   starts = np.arange(out) * strides - before
-  count = sum((0 <= starts + i) & (starts + i < size) for i in range(3))
+  count = sum((0 <= starts + i) & (starts + i < size) for i in range(kernel))
   np.testing.assert_array_equal(y[0, ..., 0], np.outer(count, count))
 
 
