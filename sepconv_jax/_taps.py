@@ -14,9 +14,10 @@ Forward pass
   nor an im2col copy of the input is materialised: the only temporary of a
   separable forward pass is the depthwise result. For large stride-1
   outputs or kernels the interior, where no tap reads padding, gets a loop
-  of its own, free of per-output padding checks (`_split_forward`). Accumulation
-  is in float32 (or wider). The pointwise step is one `lax.dot_general` over the
-  channels, which XLA:CPU hands to its matmul library.
+  of its own, free of per-output padding checks (`_split_forward`).
+  Accumulation is in float32 (or wider). The pointwise step is one
+  `lax.dot_general` over the channels, which XLA:CPU hands to its matmul
+  library.
 
 Derivatives
   The depthwise step is a primitive, bilinear in the input and the kernel,

@@ -88,7 +88,11 @@ def test_matches_lax_and_float64_reference(case):
 
 @pytest.fixture
 def taps_boxes(monkeypatch):
-  """The output boxes (lo, hi) that "taps"'s split forward pass computes."""
+  """The output boxes (lo, hi) that "taps"'s split forward pass computes.
+
+  Eager calls run the primitive through cached `jax.jit`s, which would not
+  trace the patched functions again: the cache is emptied before and after.
+  """
   boxes = []
   box = _taps._box
 
@@ -97,13 +101,15 @@ def taps_boxes(monkeypatch):
     return box(*args)
 
   monkeypatch.setattr(_taps, "_box", counted)
-  return boxes
+  _taps._compiled.cache_clear()
+  yield boxes
+  _taps._compiled.cache_clear()
 
 
 @pytest.fixture
 def taps_split_everywhere(monkeypatch, taps_boxes):
   """"taps" with the interior/border split at every shape and stride (by
-  default only large stride-1 outputs take it)."""
+  default only stride-1 outputs that are large or have large kernels)."""
   monkeypatch.setattr(_taps, "_splits", lambda layout, window, out: True)
   return taps_boxes
 
