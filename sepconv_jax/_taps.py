@@ -75,6 +75,8 @@ from sepconv_jax import _args
 #: stride 2, 0.8-1.0x (the border loops cost more than the checks saved).
 _SPLIT_MIN_TAPS = 25
 _SPLIT_MIN_POSITIONS = 56 * 56
+#: ... and its kernel gradient, for inputs of at least this many elements.
+_SPLIT_MIN_INPUT = 1 << 20
 #: The depthwise-kernel gradient sums each tap's product over chunks of this
 #: many output rows (one variadic reduction) before its per-tap reductions.
 _ROW_CHUNK = 8
@@ -228,17 +230,25 @@ def _forward(layout: _Layout, x, kernel):
                          multiplier).astype(x.dtype)
 
 
-def _splits(layout: _Layout, window, out, *, forward: bool) -> bool:
+def _splits(layout: _Layout, x_shape, window, out, *, forward: bool) -> bool:
   """Whether to split off the interior (see `_SPLIT_MIN_TAPS`).
 
-  The kernel gradient splits at every stride: at stride 2 it is about 8%
-  slower, but needs a third of the temporaries (8x112x112x64->128: 38.0 ->
-  13.0 MiB for a training step), which more than pays back with glibc's
-  default allocator (README, "The allocator").
+  The kernel gradient splits to save its padded copy of the input, so only
+  where that copy is large (`_SPLIT_MIN_INPUT` elements) and the output
+  too, for kernels under `_SPLIT_MIN_TAPS` taps, at every stride. At
+  stride 2 that is about 8% slower, but needs a third of the temporaries
+  (8x112x112x64->128: 38.0 -> 13.0 MiB for a training step), which more
+  than pays back with glibc's default allocator (README, "The
+  allocator"). Larger kernels' border slabs are thicker and sum more taps
+  (8x28x28x64, 5x5: 5.3 ms per training step split, 3.7 ms not), and on
+  small inputs the extra ops cost more than the copy.
   """
-  return ((all(s == 1 for s in layout.spec.strides) or not forward)
-          and (math.prod(window) >= _SPLIT_MIN_TAPS
-               or math.prod(out) >= _SPLIT_MIN_POSITIONS))
+  taps, positions = math.prod(window), math.prod(out)
+  if not forward:
+    return (taps < _SPLIT_MIN_TAPS and positions >= _SPLIT_MIN_POSITIONS
+            and math.prod(x_shape) >= _SPLIT_MIN_INPUT)
+  return (all(s == 1 for s in layout.spec.strides)
+          and (taps >= _SPLIT_MIN_TAPS or positions >= _SPLIT_MIN_POSITIONS))
 
 
 def _interior(window, out, taps):
@@ -288,7 +298,7 @@ def _split(layout: _Layout, x_shape, kernel_shape, *, forward: bool):
   """
   _, window, out, taps = _geometry(layout, x_shape, kernel_shape)
   box = (_interior(window, out, taps)
-         if _splits(layout, window, out, forward=forward) else None)
+         if _splits(layout, x_shape, window, out, forward=forward) else None)
   if box is None:
     return None
   lo, hi = box

@@ -476,9 +476,9 @@ def test_taps_split_training_step_makes_no_padded_input_copy(monkeypatch,
   # the input itself (at every stride), so a training step (the output and
   # its VJP, as the benchmark times it) saves most of a padded copy of the
   # input.
-  size = 60 * strides  # 60x60 outputs: the split is on
-  x = jnp.zeros((2, size, size, 16))
-  dk, pk = jnp.zeros((3, 3, 16, 1)), jnp.zeros((1, 1, 16, 16))
+  size = 64 * strides  # 64x64 outputs and >= 2**20 inputs: the split is on
+  x = jnp.zeros((8, size, size, 32))
+  dk, pk = jnp.zeros((3, 3, 32, 1)), jnp.zeros((1, 1, 32, 64))
 
   def temporaries():
     jax.clear_caches()  # trace again under the current policy
@@ -489,7 +489,7 @@ def test_taps_split_training_step_makes_no_padded_input_copy(monkeypatch,
                        x, dk, pk)
       return y, vjp(g)
 
-    g = jnp.zeros((2, 60, 60, 16))
+    g = jnp.zeros((8, 64, 64, 64))
     compiled = jax.jit(step).lower(x, dk, pk, g).compile()
     return compiled.memory_analysis().temp_size_in_bytes
 
