@@ -345,6 +345,7 @@ def _split_kernel_grad(layout: _Layout, x, ct, **params):
   if split is None:
     return _kernel_grad(layout, x, ct, **params)
   window = params["kernel_shape"][:layout.spec.rank]
+  summed = dict(params, kernel_dtype=_accumulation_dtype(x.dtype))
   total = None
   for lo, hi in split[1]:
     limit = list(ct.shape)
@@ -352,9 +353,9 @@ def _split_kernel_grad(layout: _Layout, x, ct, **params):
       limit[ax] = b
     g = _kernel_grad(*_crop(layout, x, lo, hi, window),
                      lax.slice(ct, layout.full(ct.ndim, lo, 0), limit),
-                     **params, chunked=total is None)
+                     **summed, chunked=total is None)
     total = g if total is None else total + g
-  return total
+  return total.astype(params["kernel_dtype"])  # rounded once
 
 
 def _row_chunk(length: int) -> tuple[int, int, int]:
