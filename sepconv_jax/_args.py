@@ -1,9 +1,11 @@
 """Argument normalisation and validation, in one place.
 
 Every public entry point (the functions and the modules) funnels its
-configuration through :func:`conv_spec` and its arrays through
-:func:`check_arrays`, so each rule and each error message lives here once.
-Messages follow one pattern: the argument in backticks, then its value.
+configuration through :func:`conv_spec` (plus :func:`check_precision`,
+:func:`check_implementation` and :func:`check_dtypes`) and its arrays
+through :func:`as_array`, :func:`check_shape` and :func:`output_spatial`,
+so each rule and each error message lives here once. Messages follow one
+pattern: the argument in backticks, then its value.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ import numbers
 import os
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
+import jax
+import jax.numpy as jnp
+from jax import lax
+
 CHANNELS_LAST = "channels_last"
 CHANNELS_FIRST = "channels_first"
 _PADDINGS = ("valid", "same")
@@ -21,6 +27,14 @@ _PADDINGS = ("valid", "same")
 #: How padded borders are filled: Keras's zeros, or `jnp.pad`'s reflect,
 #: symmetric and wrap ("circular") modes.
 PADDING_MODES = ("zeros", "reflect", "symmetric", "circular")
+
+#: The names accepted by every ``implementation=`` argument: "auto" picks
+#: one of the others per platform (`sepconv_jax._ops.auto_implementation`).
+IMPLEMENTATIONS = ("auto", "lax", "taps")
+
+#: What ``precision=`` accepts: None, a `jax.lax.Precision`, its name, or a
+#: pair of them.
+PrecisionLike = Any
 
 # Sizes, strides and counts beyond int32 would only reach XLA as overflows.
 _MAX_SIZE = 2**31 - 1
@@ -363,3 +377,85 @@ def lookup(identifier: Any, table: Mapping[str, Callable[[], Any]], name: str,
         f" names: {', '.join(sorted(table))}"
     )
   return table[identifier]()
+
+
+def check_implementation(implementation: Any) -> None:
+  """Rejects an unknown ``implementation=`` argument."""
+  if not isinstance(implementation, str):
+    raise TypeError(
+        f"`implementation` (={implementation!r}) must be one of"
+        f" {IMPLEMENTATIONS}, not {type(implementation).__name__}"
+    )
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(
+        f"`implementation` (={implementation!r}) must be one of"
+        f" {IMPLEMENTATIONS}"
+    )
+
+
+def check_precision(precision: Any) -> None:
+  """Rejects what `lax` would reject as a precision, with a clear message."""
+  if precision is None or isinstance(precision, lax.Precision):
+    return
+  if isinstance(precision, str):
+    try:
+      lax.Precision(precision)
+      return
+    except ValueError:
+      pass
+  elif isinstance(precision, (tuple, list)) and len(precision) == 2:
+    for p in precision:
+      check_precision(p)
+    return
+  raise ValueError(
+      f"`precision` (={precision!r}) must be None, a `jax.lax.Precision`, one"
+      " of its names, or a pair of them"
+  )
+
+
+def check_bool(value: Any, name: str) -> bool:
+  """Returns `value` if it is a bool, else raises a `TypeError`."""
+  if not isinstance(value, bool):
+    raise TypeError(f"`{name}` (={value!r}) must be a bool")
+  return value
+
+
+def check_dtypes(dtype: Any, param_dtype: Any) -> None:
+  """Checks a layer's ``dtype`` (None or floating) and ``param_dtype``.
+
+  Raises:
+    TypeError: for a value that is no dtype or not a floating one, and for
+      ``param_dtype=None``, which `jnp.dtype` would read as float64.
+  """
+  if param_dtype is None:
+    raise TypeError("`param_dtype` (=None) must be a floating dtype")
+  for name, value in (("dtype", dtype), ("param_dtype", param_dtype)):
+    if value is None:
+      continue
+    try:
+      floating = jnp.issubdtype(jnp.dtype(value), jnp.floating)
+    except TypeError:
+      raise TypeError(f"`{name}` (={value!r}) is not a dtype") from None
+    if not floating:
+      raise TypeError(f"`{name}` (={value!r}) must be a floating dtype")
+
+
+def as_array(value: Any, name: str) -> jax.Array:
+  """`value` as a JAX array of real numbers (or bools), else a `TypeError`."""
+  if isinstance(value, (jax.Array, jax.core.Tracer)):
+    array = value
+  else:
+    try:
+      array = jnp.asarray(value)
+    except (TypeError, ValueError) as e:
+      raise TypeError(
+          f"`{name}` (={value!r}) must be an array of numbers: {e}"
+      ) from None
+  if jnp.issubdtype(array.dtype, jnp.complexfloating) or not (
+      jnp.issubdtype(array.dtype, jnp.number) or array.dtype == jnp.bool_
+  ):
+    raise TypeError(
+        f"`{name}` (shape={tuple(array.shape)}) has dtype {array.dtype}; real"
+        " numbers are needed"
+    )
+  return array

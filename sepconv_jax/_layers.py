@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 from flax.linen.dtypes import promote_dtype
 
 from sepconv_jax import _activations
@@ -96,21 +95,10 @@ def layer_config(layer: Any, rank: int, family: Family) -> Config:
   Raises:
     TypeError, ValueError: naming the first bad argument.
   """
-  if not isinstance(layer.use_bias, bool):
-    raise TypeError(f"`use_bias` (={layer.use_bias!r}) must be a bool")
-  _ops.check_precision(layer.precision)
-  _ops.check_implementation(layer.implementation)
-  if layer.param_dtype is None:  # jnp.dtype(None) would mean float64
-    raise TypeError("`param_dtype` (=None) must be a floating dtype")
-  for name in ("dtype", "param_dtype"):
-    value = getattr(layer, name)
-    if value is not None or name == "param_dtype":
-      try:
-        floating = jnp.issubdtype(jnp.dtype(value), jnp.floating)
-      except TypeError:
-        raise TypeError(f"`{name}` (={value!r}) is not a dtype") from None
-      if not floating:
-        raise TypeError(f"`{name}` (={value!r}) must be a floating dtype")
+  _args.check_bool(layer.use_bias, "use_bias")
+  _args.check_precision(layer.precision)
+  _args.check_implementation(layer.implementation)
+  _args.check_dtypes(layer.dtype, layer.param_dtype)
   weights = family.param_names
   return Config(
       spec=_args.conv_spec(rank, layer.strides, layer.padding,

@@ -8,9 +8,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sepconv_jax import _args
 from sepconv_jax import _keras_interop
 from sepconv_jax import _layers
-from sepconv_jax import _ops
 from sepconv_jax import _regularizers
 
 
@@ -58,7 +58,7 @@ class _KerasConv(nn.Module):
       ``(*batch, *spatial_out, out_channels)`` (or channels-first).
     """
     cfg = self._config()
-    x = _ops.as_array(inputs, "inputs")
+    x = _args.as_array(inputs, "inputs")
     leading, channels = _layers.input_channels(cfg, x)
     shapes = self._FAMILY.param_shapes(cfg, channels, self.use_bias)
     params = {
@@ -127,7 +127,7 @@ class _SeparableConv(_KerasConv):
   bias_constraint: Any = None
   dtype: Optional[Any] = None
   param_dtype: Any = jnp.float32
-  precision: _ops.PrecisionLike = None
+  precision: _args.PrecisionLike = None
   implementation: str = "auto"
   padding_mode: str = "zeros"
 
@@ -319,7 +319,7 @@ class DepthwiseConv2D(_KerasConv):
   bias_constraint: Any = None
   dtype: Optional[Any] = None
   param_dtype: Any = jnp.float32
-  precision: _ops.PrecisionLike = None
+  precision: _args.PrecisionLike = None
   implementation: str = "auto"
   padding_mode: str = "zeros"
 

@@ -10,7 +10,6 @@ from flax import nnx
 
 from sepconv_jax import _args
 from sepconv_jax import _layers
-from sepconv_jax import _ops
 
 # Flax >= 0.12 records sown values only inside `nnx.capture`, which marks
 # every module it captures with a `__captures__` attribute.
@@ -80,7 +79,7 @@ class _KerasConv(nnx.Module):
     are sown as :class:`Losses`.
     """
     cfg = self._config()
-    x = _ops.as_array(inputs, "inputs")
+    x = _args.as_array(inputs, "inputs")
     leading, channels = _layers.input_channels(cfg, x)
     shapes = self._FAMILY.param_shapes(cfg, channels, self.use_bias)
     params = {}
@@ -142,7 +141,7 @@ class _SeparableConv(_KerasConv):
       bias_constraint: Any = None,
       dtype: Optional[Any] = None,
       param_dtype: Any = jnp.float32,
-      precision: _ops.PrecisionLike = None,
+      precision: _args.PrecisionLike = None,
       implementation: str = "auto",
       padding_mode: str = "zeros",
       rngs: nnx.Rngs,
@@ -265,7 +264,7 @@ class DepthwiseConv2D(_KerasConv):
       bias_constraint: Any = None,
       dtype: Optional[Any] = None,
       param_dtype: Any = jnp.float32,
-      precision: _ops.PrecisionLike = None,
+      precision: _args.PrecisionLike = None,
       implementation: str = "auto",
       padding_mode: str = "zeros",
       rngs: nnx.Rngs,

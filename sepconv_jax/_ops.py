@@ -26,7 +26,7 @@ from jax.typing import ArrayLike
 from sepconv_jax import _args
 from sepconv_jax import _taps
 
-PrecisionLike = Any
+PrecisionLike = _args.PrecisionLike
 
 
 class Implementation(NamedTuple):
@@ -76,21 +76,8 @@ _IMPLEMENTATIONS: dict[str, Implementation] = {
 }
 
 #: The names accepted by every ``implementation=`` argument.
-IMPLEMENTATIONS: tuple[str, ...] = ("auto", *_IMPLEMENTATIONS)
-
-
-def check_implementation(implementation: Any) -> None:
-  """Rejects an unknown ``implementation=`` argument."""
-  if not isinstance(implementation, str):
-    raise TypeError(
-        f"`implementation` (={implementation!r}) must be one of"
-        f" {IMPLEMENTATIONS}, not {type(implementation).__name__}"
-    )
-  if implementation not in IMPLEMENTATIONS:
-    raise ValueError(
-        f"`implementation` (={implementation!r}) must be one of"
-        f" {IMPLEMENTATIONS}"
-    )
+IMPLEMENTATIONS: tuple[str, ...] = _args.IMPLEMENTATIONS
+assert set(IMPLEMENTATIONS) == {"auto", *_IMPLEMENTATIONS}, IMPLEMENTATIONS
 
 
 def auto_implementation(backend: Optional[str] = None) -> str:
@@ -116,50 +103,10 @@ def auto_implementation(backend: Optional[str] = None) -> str:
 
 def _choose(implementation: Any) -> Implementation:
   """Resolves an ``implementation=`` argument."""
-  check_implementation(implementation)
+  _args.check_implementation(implementation)
   if implementation == "auto":
     implementation = auto_implementation()
   return _IMPLEMENTATIONS[implementation]
-
-
-def check_precision(precision: Any) -> None:
-  """Rejects what `lax` would reject as a precision, with a clear message."""
-  if precision is None or isinstance(precision, lax.Precision):
-    return
-  if isinstance(precision, str):
-    try:
-      lax.Precision(precision)
-      return
-    except ValueError:
-      pass
-  elif isinstance(precision, (tuple, list)) and len(precision) == 2:
-    for p in precision:
-      check_precision(p)
-    return
-  raise ValueError(
-      f"`precision` (={precision!r}) must be None, a `jax.lax.Precision`, one"
-      " of its names, or a pair of them"
-  )
-
-
-def as_array(value: Any, name: str) -> jax.Array:
-  if isinstance(value, (jax.Array, jax.core.Tracer)):
-    array = value
-  else:
-    try:
-      array = jnp.asarray(value)
-    except (TypeError, ValueError) as e:
-      raise TypeError(
-          f"`{name}` (={value!r}) must be an array of numbers: {e}"
-      ) from None
-  if jnp.issubdtype(array.dtype, jnp.complexfloating) or not (
-      jnp.issubdtype(array.dtype, jnp.number) or array.dtype == jnp.bool_
-  ):
-    raise TypeError(
-        f"`{name}` (shape={tuple(array.shape)}) has dtype {array.dtype}; real"
-        " numbers are needed"
-    )
-  return array
 
 
 def _compute_dtype(*arrays: Optional[jax.Array]) -> Any:
@@ -204,10 +151,10 @@ def convolve(
   given, is added to whichever step comes last.
   """
   impl = _choose(implementation)
-  check_precision(precision)
+  _args.check_precision(precision)
   n = spec.rank
-  x = as_array(inputs, "inputs")
-  dk = as_array(depthwise_kernel, "depthwise_kernel")
+  x = _args.as_array(inputs, "inputs")
+  dk = _args.as_array(depthwise_kernel, "depthwise_kernel")
   leading, spatial, channels = _args.split_shape(spec, x.shape)
   _args.check_channels(channels, shape=x.shape)
   _args.check_shape(
@@ -225,7 +172,7 @@ def convolve(
   out_channels = dk.shape[-2] * dk.shape[-1]
   pk = b = None
   if pointwise_kernel is not None:
-    pk = as_array(pointwise_kernel, "pointwise_kernel")
+    pk = _args.as_array(pointwise_kernel, "pointwise_kernel")
     _args.check_shape(
         "pointwise_kernel", pk.shape, (1,) * n + (out_channels, None),
         f"1x1 with {out_channels} = channels * depth multiplier inputs, then"
@@ -238,7 +185,7 @@ def convolve(
       )
     out_channels = pk.shape[-1]
   if bias is not None:
-    b = as_array(bias, "bias")
+    b = _args.as_array(bias, "bias")
     _args.check_shape("bias", b.shape, (out_channels,),
                       f"one value per output channel ({out_channels})")
 
