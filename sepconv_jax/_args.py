@@ -113,7 +113,13 @@ def normalize_padding(padding: Any, rank: int) -> str | tuple:
         " use 'valid' or 'same'"
     )
   if lowered not in _PADDINGS + ("causal",):
-    raise ValueError(f"`padding` (={padding!r}) must be {named}")
+    pairs = ", ".join(["(before, after)"] * rank)
+    raise ValueError(
+        f"`padding` (={padding!r}) must be {named}, or explicit pairs, one"
+        f" per spatial dim: (({pairs}))" if rank > 1 else
+        f"`padding` (={padding!r}) must be {named}, or explicit pairs, one"
+        f" per spatial dim: ({pairs},)"
+    )
   return lowered
 
 
@@ -317,21 +323,37 @@ def check_channels(channels: Any, name: str = "inputs",
     )
 
 
+def shape_pattern(expected: Sequence[Any]) -> str:
+  """A shape as Python prints a tuple, with ``?`` for None: ``(3, ?, 4)``."""
+  shown = ", ".join("?" if e is None else str(e) for e in expected)
+  return f"({shown},)" if len(expected) == 1 else f"({shown})"
+
+
 def check_shape(name: str, shape: Sequence[int], expected: Sequence[Any],
-                meaning: str) -> None:
+                meaning: str, where: str = "") -> None:
   """Checks an array's shape against `expected`; None matches any size.
 
+  Args:
+    name: the array's argument (or param) name.
+    shape: its shape.
+    expected: the sizes it must have; None for any size.
+    meaning: what the expected sizes are, for the message.
+    where: optionally, where the array came from (``"weights[1]"``).
+
   Raises:
-    ValueError: naming the array, its shape and the expected shape.
+    ValueError: naming the array, its shape and the expected shape, and
+      saying so when the rank is wrong.
   """
   shape = tuple(shape)
-  fits = len(shape) == len(expected) and all(
-      e is None or s == e for s, e in zip(shape, expected)
-  )
-  if not fits:
-    shown = ", ".join("?" if e is None else str(e) for e in expected)
+  label = f"`{name}` ({where + ', ' if where else ''}shape={shape})"
+  if len(shape) != len(expected):
     raise ValueError(
-        f"`{name}` (shape={shape}) does not fit: expected shape ({shown}),"
+        f"{label} has rank {len(shape)}, but rank {len(expected)} is"
+        f" needed: expected shape {shape_pattern(expected)}, {meaning}"
+    )
+  if not all(e is None or s == e for s, e in zip(shape, expected)):
+    raise ValueError(
+        f"{label} does not fit: expected shape {shape_pattern(expected)},"
         f" {meaning}"
     )
 

@@ -347,3 +347,25 @@ def test_module_loaded_params_wrong_shape(name, bad_shape):
   params[name] = jnp.ones(bad_shape)
   with raises(ValueError, name, str(bad_shape)):
     layer.apply({"params": params}, x)
+
+
+# --------------------------------------------------------------------------
+# Messages a new user met (issue: small defects).
+# --------------------------------------------------------------------------
+def test_unknown_padding_names_the_explicit_pairs_form():
+  with raises(ValueError, "padding", "'full'", "explicit pairs",
+              "((before, after), (before, after))"):
+    sepconv_jax.separable_conv2d(X, DK, PK, padding="full")
+
+
+def test_bias_shape_is_shown_as_a_tuple():
+  with raises(ValueError, "bias", "(3,)", "expected shape (4,)"):
+    sepconv_jax.separable_conv2d(X, DK, PK, np.ones((3,), np.float32))
+
+
+@pytest.mark.parametrize("dk_shape", [(3, 3, 3), (3, 3, 3, 1, 1)], ids=str)
+def test_wrong_rank_kernel_is_told_its_rank(dk_shape):
+  dk = np.ones(dk_shape, np.float32)
+  with raises(ValueError, "depthwise_kernel", f"has rank {len(dk_shape)}",
+              "rank 4 is needed"):
+    sepconv_jax.depthwise_conv2d(X, dk)
