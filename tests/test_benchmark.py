@@ -8,6 +8,8 @@ import platform
 import subprocess
 import sys
 
+import pytest
+
 import sepconv_jax
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,6 +70,7 @@ def test_quick_benchmark_writes_results(tmp_path):
       or "no peer was timed" in proc.stdout)
 
 
+@pytest.mark.cpu_only("glibc's allocator and page faults of XLA:CPU buffers")
 def test_page_faults_script_reports_one_line():
   proc = subprocess.run(
       [sys.executable, os.path.join(os.path.dirname(_SCRIPT), "page_faults.py"),

@@ -451,6 +451,7 @@ def test_auto_policy():
     assert _ops._choose("auto") is _ops._IMPLEMENTATIONS["taps"]
 
 
+@pytest.mark.cpu_only("XLA:CPU's compiled temporaries")
 @pytest.mark.parametrize("impl", FAST)
 def test_forward_temporaries_no_larger_than_output(impl):
   # No im2col (k*k copies of the input) and no padded copy: the only
@@ -469,6 +470,7 @@ def test_forward_temporaries_no_larger_than_output(impl):
     assert temp <= out_bytes, (size, strides, temp, out_bytes)
 
 
+@pytest.mark.cpu_only("the taps split's XLA:CPU temporaries")
 @pytest.mark.parametrize("strides", [1, 2])
 def test_taps_split_training_step_makes_no_padded_input_copy(monkeypatch,
                                                              strides):
