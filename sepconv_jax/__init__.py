@@ -14,7 +14,9 @@ from sepconv_jax._linen import SeparableConv3D
 from sepconv_jax._linen import SeparableConvolution1D
 from sepconv_jax._linen import SeparableConvolution2D
 from sepconv_jax._ops import IMPLEMENTATIONS
+from sepconv_jax._ops import depthwise_conv
 from sepconv_jax._ops import depthwise_conv2d
+from sepconv_jax._ops import separable_conv
 from sepconv_jax._ops import separable_conv2d
 from sepconv_jax._optax import apply_constraints
 from sepconv_jax._optax import collect_constraints
@@ -34,6 +36,7 @@ __all__ = (
     "apply_constraints",
     "collect_constraints",
     "constraints",
+    "depthwise_conv",
     "depthwise_conv2d",
     "load_keras_layers",
     "nnx",
@@ -41,5 +44,6 @@ __all__ = (
     "params_to_keras",
     "regularization_loss",
     "regularizers",
+    "separable_conv",
     "separable_conv2d",
 )

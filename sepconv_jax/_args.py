@@ -36,6 +36,10 @@ IMPLEMENTATIONS = ("auto", "lax", "taps")
 #: pair of them.
 PrecisionLike = Any
 
+#: What ``padding=`` accepts: a name ("valid", "same", "causal" for 1-D, in
+#: any case) or one explicit ``(before, after)`` pair per spatial dim.
+PaddingLike = str | Sequence[tuple[int, int]]
+
 # Sizes, strides and counts beyond int32 would only reach XLA as overflows.
 _MAX_SIZE = 2**31 - 1
 
@@ -238,6 +242,22 @@ def conv_spec(
       dilation_rate=norm_dilation,
       padding_mode=normalize_padding_mode(padding_mode),
   )
+
+
+def kernel_rank(depthwise_kernel: Any) -> int:
+  """The number of spatial dims a depthwise kernel ``(*window, C, M)`` has.
+
+  Raises:
+    ValueError: unless the kernel's rank is 3, 4 or 5 (1-, 2- or 3-D).
+  """
+  ndim = len(depthwise_kernel.shape)
+  if not 3 <= ndim <= 5:
+    raise ValueError(
+        f"`depthwise_kernel` (shape={tuple(depthwise_kernel.shape)}) has rank"
+        f" {ndim}; it must be (*kernel_size, channels, depth_multiplier) of"
+        " rank 3, 4 or 5, for a 1-, 2- or 3-D convolution"
+    )
+  return ndim - 2
 
 
 def same_pads(size: int, kernel: int, stride: int,

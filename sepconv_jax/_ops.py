@@ -1,112 +1,30 @@
 """The functional depthwise and separable convolutions.
 
-The public functions validate once, bring the inputs to one batch axis and
-the compute dtype, then hand plain arrays to an implementation. An
-implementation is a pair of functions over those arrays:
-
-* ``depthwise(x, kernel, spec, pads, precision)``
-* ``pointwise(y, kernel, spec, precision)``
-
-where ``x`` has shape ``(N, *spatial, C)`` (or ``(N, C, *spatial)``), ``pads``
-holds explicit ``(before, after)`` pairs and ``spec`` is the normalised
-:class:`~sepconv_jax._args.ConvSpec`. The functions are written for any
-number of spatial dimensions; the public API fixes it at two.
+The public functions validate once (`_args`), bring the inputs to one batch
+axis and the compute dtype, then hand plain arrays to an implementation
+(`_implementations`). The rank-generic `separable_conv` and
+`depthwise_conv` take the number of spatial dimensions from the kernel; the
+``*2d`` functions fix it at two.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 from jax.typing import ArrayLike
 
 from sepconv_jax import _args
-from sepconv_jax import _taps
+from sepconv_jax import _implementations
 
 PrecisionLike = _args.PrecisionLike
 
-
-class Implementation(NamedTuple):
-  """How one implementation computes the two steps."""
-
-  depthwise: Callable[..., jax.Array]
-  pointwise: Callable[..., jax.Array]
-
-
-def _dimension_numbers(spec: _args.ConvSpec) -> tuple[str, str, str]:
-  spatial = "DHW"[-spec.rank:] if spec.rank <= 3 else None
-  if spatial is None:
-    raise ValueError(f"{spec.rank}-D convolutions are not supported")
-  lhs = f"N{spatial}C" if spec.channels_last else f"NC{spatial}"
-  return lhs, f"{spatial}IO", lhs
-
-
-def _lax_depthwise(x, kernel, spec, pads, precision):
-  *window, channels, multiplier = kernel.shape
-  return lax.conv_general_dilated(
-      x,
-      kernel.reshape(*window, 1, channels * multiplier),
-      window_strides=spec.strides,
-      padding=pads,
-      rhs_dilation=spec.dilation_rate,
-      dimension_numbers=_dimension_numbers(spec),
-      feature_group_count=channels,
-      precision=precision,
-  )
-
-
-def _lax_pointwise(y, kernel, spec, precision):
-  return lax.conv_general_dilated(
-      y,
-      kernel,
-      window_strides=(1,) * spec.rank,
-      padding="VALID",
-      dimension_numbers=_dimension_numbers(spec),
-      precision=precision,
-  )
-
-
-_IMPLEMENTATIONS: dict[str, Implementation] = {
-    "lax": Implementation(_lax_depthwise, _lax_pointwise),
-    # Shifted taps + matmul, with a custom VJP: see `sepconv_jax._taps`.
-    "taps": Implementation(_taps.depthwise, _taps.pointwise),
-}
-
 #: The names accepted by every ``implementation=`` argument.
 IMPLEMENTATIONS: tuple[str, ...] = _args.IMPLEMENTATIONS
-assert set(IMPLEMENTATIONS) == {"auto", *_IMPLEMENTATIONS}, IMPLEMENTATIONS
 
-
-def auto_implementation(backend: Optional[str] = None) -> str:
-  """The implementation ``implementation="auto"`` runs on `backend`.
-
-  The policy, from ``scripts/benchmark.py`` (results in
-  ``scripts/benchmark_results/``):
-
-  * CPU: ``"taps"``. XLA:CPU runs grouped convolutions as a slow generic
-    loop and expands their kernel gradient into a dense ``C x C``
-    convolution; the shifted taps were faster in the forward pass and the
-    training step at every benchmarked shape, strided ones included.
-  * GPU, TPU and anything else: ``"lax"``, whose grouped convolutions those
-    backends implement natively (not measured here).
-
-  Args:
-    backend: a `jax.default_backend()` name; None reads the current one.
-  """
-  if backend is None:
-    backend = jax.default_backend()
-  return "taps" if backend == "cpu" else "lax"
-
-
-def _choose(implementation: Any) -> Implementation:
-  """Resolves an ``implementation=`` argument."""
-  _args.check_implementation(implementation)
-  if implementation == "auto":
-    implementation = auto_implementation()
-  return _IMPLEMENTATIONS[implementation]
+auto_implementation = _implementations.auto_implementation
 
 
 def _compute_dtype(*arrays: Optional[jax.Array]) -> Any:
@@ -132,10 +50,6 @@ def _pad_borders(x: jax.Array, spec: _args.ConvSpec,
   return jnp.pad(x, widths, mode=_JNP_PAD_MODES[spec.padding_mode])
 
 
-def _channel_bias_shape(spec: _args.ConvSpec, filters: int) -> tuple[int, ...]:
-  return (filters,) if spec.channels_last else (filters,) + (1,) * spec.rank
-
-
 def convolve(
     inputs: ArrayLike,
     depthwise_kernel: ArrayLike,
@@ -150,7 +64,7 @@ def convolve(
   Without `pointwise_kernel` this is the depthwise step alone; `bias`, if
   given, is added to whichever step comes last.
   """
-  impl = _choose(implementation)
+  _args.check_implementation(implementation)
   _args.check_precision(precision)
   n = spec.rank
   x = _args.as_array(inputs, "inputs")
@@ -196,38 +110,107 @@ def convolve(
   if spec.padding_mode != "zeros":
     x = _pad_borders(x, spec, pads)
     pads = ((0, 0),) * n
-  y = impl.depthwise(x, dk.astype(dtype), spec, pads, precision)
-  if pk is not None:
-    y = impl.pointwise(y, pk.astype(dtype), spec, precision)
-  if b is not None:
-    y = y + b.astype(dtype).reshape(_channel_bias_shape(spec, out_channels))
+  cast = lambda a: None if a is None else a.astype(dtype)
+  y = _implementations.run(implementation, x, cast(dk), cast(pk), cast(b),
+                           spec, pads, precision)
   return y.reshape(tuple(leading) + y.shape[1:])
 
 
-def depthwise_conv(
-    inputs, depthwise_kernel, bias=None, *, rank, strides, padding,
-    data_format, dilation_rate, precision, implementation,
-    padding_mode="zeros",
-) -> jax.Array:
-  """The rank-generic depthwise convolution behind the public functions."""
+def _conv(inputs, depthwise_kernel, pointwise_kernel, bias, rank, strides,
+          padding, data_format, dilation_rate, precision, implementation,
+          padding_mode) -> jax.Array:
+  """Both public forms: `rank` None takes it from the depthwise kernel."""
+  if rank is None:
+    rank = _args.kernel_rank(_args.as_array(depthwise_kernel,
+                                            "depthwise_kernel"))
   spec = _args.conv_spec(rank, strides, padding, data_format, dilation_rate,
                          padding_mode)
-  return convolve(inputs, depthwise_kernel, None, bias, spec, precision,
-                  implementation)
+  return convolve(inputs, depthwise_kernel, pointwise_kernel, bias, spec,
+                  precision, implementation)
 
 
 def separable_conv(
-    inputs, depthwise_kernel, pointwise_kernel, bias=None, *, rank, strides,
-    padding, data_format, dilation_rate, precision, implementation,
-    padding_mode="zeros",
+    inputs: ArrayLike,
+    depthwise_kernel: ArrayLike,
+    pointwise_kernel: ArrayLike,
+    bias: Optional[ArrayLike] = None,
+    *,
+    strides: int | Sequence[int] = 1,
+    padding: _args.PaddingLike = "valid",
+    data_format: Optional[str] = None,
+    dilation_rate: int | Sequence[int] = 1,
+    precision: PrecisionLike = None,
+    implementation: str = "auto",
+    padding_mode: str = "zeros",
 ) -> jax.Array:
-  """The rank-generic separable convolution behind the public functions."""
-  spec = _args.conv_spec(rank, strides, padding, data_format, dilation_rate,
-                         padding_mode)
+  """A depthwise-separable convolution of 1, 2 or 3 spatial dimensions.
+
+  :func:`separable_conv2d` for any rank: the depthwise kernel's rank sets
+  it, ``(k, C, M)`` for 1-D, ``(kh, kw, C, M)`` for 2-D and ``(kd, kh, kw,
+  C, M)`` for 3-D; `strides`, `dilation_rate` and explicit `padding` pairs
+  then have one entry per spatial dim, and 1-D also accepts
+  ``padding="causal"``. The other arguments are those of
+  :func:`separable_conv2d`.
+
+  Returns:
+    ``(N, *spatial_out, filters)`` (or channels-first).
+
+  Raises:
+    ValueError: as :func:`separable_conv2d`, and for a depthwise kernel
+      whose rank is not 3, 4 or 5.
+    TypeError: as :func:`separable_conv2d`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import sepconv_jax
+    >>> x = jnp.ones((2, 10, 3))                      # (N, steps, C)
+    >>> y = sepconv_jax.separable_conv(x, jnp.ones((3, 3, 2)),
+    ...                                jnp.ones((1, 6, 4)), padding="causal")
+    >>> y.shape, float(y[0, -1, 0])
+    ((2, 10, 4), 18.0)
+  """
   if pointwise_kernel is None:
     raise TypeError("`pointwise_kernel` (=None) must be an array")
-  return convolve(inputs, depthwise_kernel, pointwise_kernel, bias, spec,
-                  precision, implementation)
+  return _conv(inputs, depthwise_kernel, pointwise_kernel, bias, None,
+               strides, padding, data_format, dilation_rate, precision,
+               implementation, padding_mode)
+
+
+def depthwise_conv(
+    inputs: ArrayLike,
+    depthwise_kernel: ArrayLike,
+    bias: Optional[ArrayLike] = None,
+    *,
+    strides: int | Sequence[int] = 1,
+    padding: _args.PaddingLike = "valid",
+    data_format: Optional[str] = None,
+    dilation_rate: int | Sequence[int] = 1,
+    precision: PrecisionLike = None,
+    implementation: str = "auto",
+    padding_mode: str = "zeros",
+) -> jax.Array:
+  """The depthwise step of :func:`separable_conv` alone, of any rank.
+
+  The depthwise kernel's rank sets the number of spatial dims, as in
+  :func:`separable_conv`; `bias` has ``C * M`` entries.
+
+  Returns:
+    ``(N, *spatial_out, C * depth_multiplier)`` (or channels-first).
+
+  Raises:
+    ValueError: as :func:`separable_conv`.
+    TypeError: as :func:`separable_conv`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import sepconv_jax
+    >>> x = jnp.ones((1, 4, 4, 4, 2))                 # (N, D, H, W, C)
+    >>> sepconv_jax.depthwise_conv(x, jnp.ones((2, 2, 2, 2, 1))).shape
+    (1, 3, 3, 3, 2)
+  """
+  return _conv(inputs, depthwise_kernel, None, bias, None, strides, padding,
+               data_format, dilation_rate, precision, implementation,
+               padding_mode)
 
 
 def separable_conv2d(
@@ -237,7 +220,7 @@ def separable_conv2d(
     bias: Optional[ArrayLike] = None,
     *,
     strides: int | Sequence[int] = 1,
-    padding: str = "valid",
+    padding: _args.PaddingLike = "valid",
     data_format: Optional[str] = None,
     dilation_rate: int | Sequence[int] = 1,
     precision: PrecisionLike = None,
@@ -267,10 +250,15 @@ def separable_conv2d(
       ``image_data_format`` of ``keras.json`` (``"channels_last"`` without
       one).
     dilation_rate: an int or a pair.
-    precision: passed to the `jax.lax` calls.
-    implementation: one of :data:`IMPLEMENTATIONS`; ``"auto"`` picks by
-      backend and shape, ``"lax"`` is the reference built on
-      `jax.lax.conv_general_dilated` with ``feature_group_count``.
+    precision: the precision of every convolution and dot, forward and
+      backward: None for the backend's default (TF32 for float32 on recent
+      NVIDIA GPUs, one bfloat16 pass on TPU, exact on CPU), ``"highest"``
+      for exact float32 everywhere; a `jax.lax.Precision`, its name, or a
+      pair of them.
+    implementation: one of :data:`IMPLEMENTATIONS`. ``"auto"`` picks per
+      platform the program is lowered for (``"taps"`` on CPU, ``"lax"`` on
+      GPU and TPU; `auto_implementation`); ``"lax"`` is the reference built
+      on `jax.lax.conv_general_dilated` with ``feature_group_count``.
     padding_mode: beyond Keras, how the padded border is filled: one of
       ``"zeros"`` (Keras), ``"reflect"``, ``"symmetric"`` or ``"circular"``.
 
@@ -292,20 +280,20 @@ def separable_conv2d(
     >>> y.shape, float(y[0, 0, 0, 0])
     ((1, 3, 3, 4), 18.0)
   """
-  return separable_conv(
-      inputs, depthwise_kernel, pointwise_kernel, bias, rank=2,
-      strides=strides, padding=padding, data_format=data_format,
-      dilation_rate=dilation_rate, precision=precision,
-      implementation=implementation, padding_mode=padding_mode,
-  )
+  if pointwise_kernel is None:
+    raise TypeError("`pointwise_kernel` (=None) must be an array")
+  return _conv(inputs, depthwise_kernel, pointwise_kernel, bias, 2, strides,
+               padding, data_format, dilation_rate, precision,
+               implementation, padding_mode)
 
 
 def depthwise_conv2d(
     inputs: ArrayLike,
     depthwise_kernel: ArrayLike,
+    bias: Optional[ArrayLike] = None,
     *,
     strides: int | Sequence[int] = 1,
-    padding: str = "valid",
+    padding: _args.PaddingLike = "valid",
     data_format: Optional[str] = None,
     dilation_rate: int | Sequence[int] = 1,
     precision: PrecisionLike = None,
@@ -315,8 +303,9 @@ def depthwise_conv2d(
   """The depthwise step of :func:`separable_conv2d` alone.
 
   Output channel ``c * depth_multiplier + m`` is input channel ``c``
-  convolved with ``depthwise_kernel[:, :, c, m]``, as in Keras. The arguments
-  are those of :func:`separable_conv2d`.
+  convolved with ``depthwise_kernel[:, :, c, m]``, as in Keras. `bias`, if
+  given, has ``C * depth_multiplier`` entries; the other arguments are
+  those of :func:`separable_conv2d`.
 
   Returns:
     ``(N, H', W', C * depth_multiplier)`` (or channels-first).
@@ -333,9 +322,6 @@ def depthwise_conv2d(
     >>> y.shape
     (1, 3, 3, 6)
   """
-  return depthwise_conv(
-      inputs, depthwise_kernel, rank=2, strides=strides, padding=padding,
-      data_format=data_format, dilation_rate=dilation_rate,
-      precision=precision, implementation=implementation,
-      padding_mode=padding_mode,
-  )
+  return _conv(inputs, depthwise_kernel, None, bias, 2, strides, padding,
+               data_format, dilation_rate, precision, implementation,
+               padding_mode)

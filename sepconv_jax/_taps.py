@@ -1,48 +1,39 @@
-"""The "taps" implementation: shifted multiply-adds, then a matmul.
+"""The "taps" algorithm: shifted multiply-adds, then a matmul.
 
 XLA:CPU runs a grouped convolution (``feature_group_count``) as a slow
 generic loop, and differentiates its kernel through ``batch_group_count``,
-which it expands into a dense ``C x C`` convolution. This module computes
+which it expands into a dense ``C x C`` convolution. These functions compute
 the same depthwise-separable convolution from operations XLA:CPU compiles
-well.
+well. They are plain JAX; `_taps_primitives` wraps them in primitives with
+their own derivatives, and `_taps_policy` decides which variant runs.
 
-Forward pass
-  The depthwise step is a sum over the ``prod(kernel_size)`` kernel taps.
-  Each tap is a strided `lax.slice` of the input (the part of it the tap
-  sees), zero-padded to the output grid, times that tap's ``(C, M)``
-  weights. XLA fuses the whole sum into one loop, so neither a padded copy
-  nor an im2col copy of the input is materialised: the only temporary of a
-  separable forward pass is the depthwise result. For large stride-1
-  outputs or kernels the interior, where no tap reads padding, gets a loop
-  of its own, free of per-output padding checks (`_split_forward`).
-  Accumulation is in float32 (or wider). The pointwise step is one
-  `lax.dot_general` over the channels, which XLA:CPU hands to its matmul
-  library.
+Depthwise step (`forward`, `split_forward`)
+  A sum over the ``prod(kernel_size)`` kernel taps. Each tap is a strided
+  `lax.slice` of the input (the part of it the tap sees), times that tap's
+  ``(C, M)`` weights, zero-padded to the output grid. XLA fuses the sum
+  into one loop, so neither a padded copy nor an im2col copy of the input
+  is made: the only temporary of a separable forward pass is the depthwise
+  result. `split_forward` computes the interior, where no tap reads
+  padding, in a loop of its own, free of per-output padding checks.
+  Accumulation is in float32 (or wider).
 
-Derivatives
-  The depthwise step is a primitive, bilinear in the input and the kernel,
-  whose kernel gradient is a second primitive (the two are each other's
-  transposes, see `_depthwise_p`), so that reverse mode runs what XLA:CPU
-  runs well, and forward mode, `jax.vmap` and derivatives of any order
-  keep working:
+Input gradient (`input_grad`)
+  The transposed taps: each tap's slice of the output cotangent times its
+  weights, scattered back by `lax.pad` (edge padding for the offset,
+  interior padding for the stride), summed in one fused loop.
 
-  * the input gradient is the transposed taps: each tap's slice of the
-    output cotangent times its weights, scattered back by `lax.pad` (edge
-    padding for the offset, interior padding for the stride), summed in
-    one fused loop;
-  * the depthwise-kernel gradient ``sum(x_tap * g)`` is what autodiff
-    does worst (one reduction per tap, each a separate pass over the input
-    and the cotangent, which XLA:CPU hands to a library call with a
-    materialised product). `_kernel_grad` sums the taps' products over
-    chunks of rows in one variadic reduction, a single pass for 9 taps,
-    then reduces the partial sums; where the forward pass splits off its
-    interior, so does this sum, and the interior needs no padded copy of
-    the input (`_split_kernel_grad`);
-  * the pointwise step is a plain `lax.dot_general`, differentiated as is
-    (see `pointwise`).
+Depthwise-kernel gradient (`kernel_grad`, `split_kernel_grad`)
+  ``sum(x_tap * ct)`` for every tap: what autodiff does worst (one
+  reduction per tap, each a separate pass over the input and the
+  cotangent). `kernel_grad` sums the taps' products over chunks of rows in
+  one variadic reduction, a single pass for several taps, then reduces the
+  partial sums. `split_kernel_grad` sums the interior box from the input
+  itself and each border slab on its own, so that no padded copy of the
+  input is made.
 
-  Linearising saves only the inputs and the depthwise result for the
-  backward pass, as "lax" does.
+Pointwise step (`pointwise`)
+  One `lax.dot_general` over the channels, on a 2-D view, which XLA:CPU
+  hands to its matmul library; differentiated by plain autodiff.
 
 Everything is written for any number of spatial dimensions and both data
 formats; `_ops` reshapes every input to one batch axis first.
@@ -50,38 +41,16 @@ formats; `_ops` reshapes every input to one batch axis first.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 from typing import NamedTuple, Sequence
 
 import jax
-import jax.extend as jex
 import jax.numpy as jnp
 from jax import lax
-from jax.interpreters import ad
-from jax.interpreters import batching
-from jax.interpreters import mlir
 
 from sepconv_jax import _args
-
-#: The forward pass computes the output's interior (where no tap reads
-#: padding) in a loop of its own when every stride is 1 and the kernel has
-#: at least `_SPLIT_MIN_TAPS` taps or an image at least
-#: `_SPLIT_MIN_POSITIONS` output positions (`_splits`). Measured on a
-#: 2-core AMD EPYC (Zen 5), interleaved in one process, forward / training
-#: step: 3x3 at 112x112 and 56x56 1.05-1.18x / 1.03-1.09x; 5x5 and 7x7 at
-#: 10x10 to 28x28 1.06-2.2x / 1.12-1.65x; 3x3 at 40x40 and below, and
-#: stride 2, 0.8-1.0x (the border loops cost more than the checks saved).
-_SPLIT_MIN_TAPS = 25
-_SPLIT_MIN_POSITIONS = 56 * 56
-#: ... and its kernel gradient, for inputs of at least this many elements.
-_SPLIT_MIN_INPUT = 1 << 20
-#: The depthwise-kernel gradient sums each tap's product over chunks of this
-#: many output rows (one variadic reduction) before its per-tap reductions.
-_ROW_CHUNK = 8
-#: ... and sums at most this many taps in one pass over its inputs.
-_TAPS_PER_PASS = 9
+from sepconv_jax import _taps_policy
 
 
 class _Tap(NamedTuple):
@@ -97,7 +66,7 @@ class _Tap(NamedTuple):
   last: tuple[int, ...]
 
 
-class _Layout(NamedTuple):
+class Layout(NamedTuple):
   """The static configuration of one call (hashable: a primitive param)."""
 
   spec: _args.ConvSpec
@@ -136,7 +105,7 @@ def _accumulation_dtype(dtype) -> jnp.dtype:
   return jnp.promote_types(dtype, jnp.float32)
 
 
-def _geometry(layout: _Layout, x_shape, kernel_shape):
+def geometry(layout: Layout, x_shape, kernel_shape):
   """(spatial size, window, output size, taps that see the input)."""
   spec = layout.spec
   spatial = tuple(x_shape[a] for a in layout.spatial_axes(len(x_shape)))
@@ -159,7 +128,7 @@ def _geometry(layout: _Layout, x_shape, kernel_shape):
   return spatial, window, out, taps
 
 
-def _weights(layout: _Layout, w, multiplier: int):
+def _weights(layout: Layout, w, multiplier: int):
   """One tap's (C, M) weights, shaped to broadcast against the grid."""
   if multiplier == 1:
     w = w[:, 0]
@@ -168,20 +137,20 @@ def _weights(layout: _Layout, w, multiplier: int):
   return w.reshape(w.shape + (1,) * layout.spec.rank)
 
 
-def _with_multiplier(layout: _Layout, x, multiplier: int):
+def _with_multiplier(layout: Layout, x, multiplier: int):
   """Adds the multiplier axis after the channel axis (when it is > 1)."""
   if multiplier == 1:
     return x
   return x[..., None] if layout.spec.channels_last else x[:, :, None]
 
 
-def _merge_channels(layout: _Layout, y, batch, out, channels, multiplier):
+def _merge_channels(layout: Layout, y, batch, out, channels, multiplier):
   if layout.spec.channels_last:
     return y.reshape(batch, *out, channels * multiplier)
   return y.reshape(batch, channels * multiplier, *out)
 
 
-def _tap_slice(layout: _Layout, x, tap: _Tap):
+def _tap_slice(layout: Layout, x, tap: _Tap):
   """The strided slice of `x` that tap `tap` reads (its valid outputs)."""
   strides = layout.spec.strides
   ndim = x.ndim
@@ -194,7 +163,7 @@ def _tap_slice(layout: _Layout, x, tap: _Tap):
   return lax.slice(x, start, limit, layout.full(ndim, strides, 1))
 
 
-def _to_grid(layout: _Layout, term, tap: _Tap, out):
+def _to_grid(layout: Layout, term, tap: _Tap, out):
   """Zero-pads a tap's product from its valid outputs to the output grid."""
   config = layout.full(term.ndim, [(a, o - 1 - b, 0) for a, b, o in
                                    zip(tap.first, tap.last, out)], (0, 0, 0))
@@ -203,17 +172,17 @@ def _to_grid(layout: _Layout, term, tap: _Tap, out):
   return lax.pad(term, jnp.zeros((), term.dtype), config)
 
 
-def _forward(layout: _Layout, x, kernel):
+def forward(layout: Layout, x, kernel):
   """The depthwise convolution as a sum of shifted taps (one fused loop).
 
   Each tap multiplies its strided slice of the input by its weights, then
   zero-pads the product to the output grid. (Padding the slice before the
   multiplication computes the same, but XLA:CPU's fused loop then runs
-  about 3x slower.)
+  several times slower.)
   """
   acc_dtype = _accumulation_dtype(x.dtype)
   *_, channels, multiplier = kernel.shape
-  _, _, out, taps = _geometry(layout, x.shape, kernel.shape)
+  _, _, out, taps = geometry(layout, x.shape, kernel.shape)
   batch = x.shape[0]
   xa = x.astype(acc_dtype)
   ka = kernel.astype(acc_dtype)
@@ -230,27 +199,6 @@ def _forward(layout: _Layout, x, kernel):
                          multiplier).astype(x.dtype)
 
 
-def _splits(layout: _Layout, x_shape, window, out, *, forward: bool) -> bool:
-  """Whether to split off the interior (see `_SPLIT_MIN_TAPS`).
-
-  The kernel gradient splits to save its padded copy of the input, so only
-  where that copy is large (`_SPLIT_MIN_INPUT` elements) and the output
-  too, for kernels under `_SPLIT_MIN_TAPS` taps, at every stride. At
-  stride 2 that is about 8% slower, but needs a third of the temporaries
-  (8x112x112x64->128: 38.0 -> 13.0 MiB for a training step), which more
-  than pays back with glibc's default allocator (README, "The
-  allocator"). Larger kernels' border slabs are thicker and sum more taps
-  (8x28x28x64, 5x5: 5.3 ms per training step split, 3.7 ms not), and on
-  small inputs the extra ops cost more than the copy.
-  """
-  taps, positions = math.prod(window), math.prod(out)
-  if not forward:
-    return (taps < _SPLIT_MIN_TAPS and positions >= _SPLIT_MIN_POSITIONS
-            and math.prod(x_shape) >= _SPLIT_MIN_INPUT)
-  return (all(s == 1 for s in layout.spec.strides)
-          and (taps >= _SPLIT_MIN_TAPS or positions >= _SPLIT_MIN_POSITIONS))
-
-
 def _interior(window, out, taps):
   """The output box ``(lo, hi)`` where no tap reads padding, or None."""
   if not taps or len(taps) < math.prod(window):
@@ -262,7 +210,7 @@ def _interior(window, out, taps):
   return lo, hi
 
 
-def _crop(layout: _Layout, x, lo, hi, window):
+def _crop(layout: Layout, x, lo, hi, window):
   """The outputs ``lo <= q < hi`` alone, as their own convolution.
 
   Crops the input to what those outputs read and turns the rest into
@@ -282,23 +230,25 @@ def _crop(layout: _Layout, x, lo, hi, window):
   return layout._replace(pads=tuple(pads)), lax.slice(x, start, limit)
 
 
-def _box(layout: _Layout, x, kernel, lo, hi):
-  """`_forward` for the output positions ``lo <= q < hi`` alone."""
-  return _forward(*_crop(layout, x, lo, hi, kernel.shape[:layout.spec.rank]),
+def _box(layout: Layout, x, kernel, lo, hi):
+  """`forward` for the output positions ``lo <= q < hi`` alone."""
+  return forward(*_crop(layout, x, lo, hi, kernel.shape[:layout.spec.rank]),
                   kernel)
 
 
-def _split(layout: _Layout, x_shape, kernel_shape, *, forward: bool):
+def _split(layout: Layout, x_shape, kernel_shape, *, kernel_grad: bool):
   """The output size, and the interior box and border slabs tiling it.
 
   The boxes are ``(lo, hi)`` pairs, the interior first; a slab spans the
   interior along the dims before its own and the whole output along those
-  after. None where `_splits` says the split does not pay, or there is no
-  interior.
+  after. None where the policy says the split does not pay, or there is
+  no interior.
   """
-  _, window, out, taps = _geometry(layout, x_shape, kernel_shape)
-  box = (_interior(window, out, taps)
-         if _splits(layout, x_shape, window, out, forward=forward) else None)
+  _, window, out, taps = geometry(layout, x_shape, kernel_shape)
+  plan = _taps_policy.policy(layout.spec.strides, window, out,
+                             math.prod(x_shape))
+  split = plan.split_kernel_grad if kernel_grad else plan.split_forward
+  box = _interior(window, out, taps) if split else None
   if box is None:
     return None
   lo, hi = box
@@ -311,18 +261,18 @@ def _split(layout: _Layout, x_shape, kernel_shape, *, forward: bool):
   return out, boxes
 
 
-def _split_forward(layout: _Layout, x, kernel):
-  """`_forward` as an interior box plus border slabs, each its own loop.
+def split_forward(layout: Layout, x, kernel):
+  """`forward` as an interior box plus border slabs, each its own loop.
 
-  XLA:CPU fuses `_forward` into one loop that checks, at every output,
+  XLA:CPU fuses `forward` into one loop that checks, at every output,
   which taps read padding. Here the interior (no padding read) is a loop
   of plain slices, written into its place in the output by a `lax.pad`,
-  and the borders are small `_forward` loops written over it in place by
+  and the borders are small `forward` loops written over it in place by
   `lax.dynamic_update_slice`.
   """
-  split = _split(layout, x.shape, kernel.shape, forward=True)
+  split = _split(layout, x.shape, kernel.shape, kernel_grad=False)
   if split is None:
-    return _forward(layout, x, kernel)
+    return forward(layout, x, kernel)
   out, ((lo, hi), *slabs) = split
   y = _box(layout, x, kernel, lo, hi)
   y = lax.pad(y, jnp.zeros((), y.dtype), layout.full(
@@ -333,17 +283,15 @@ def _split_forward(layout: _Layout, x, kernel):
   return y
 
 
-def _split_kernel_grad(layout: _Layout, x, ct, **params):
-  """`_kernel_grad` summed over the boxes of `_split`.
+def split_kernel_grad(layout: Layout, x, ct, **params):
+  """`kernel_grad` summed over the boxes of `_split`.
 
   The interior box reads no padding, so no padded copy of the input is
-  made: a training step's temporaries at 8x56x56x128 drop from 39.2 to
-  26.0 MiB, below glibc's largest mmap threshold (see the README's
-  allocator notes). The border slabs are summed unchunked.
+  made. The border slabs are summed unchunked.
   """
-  split = _split(layout, x.shape, params["kernel_shape"], forward=False)
+  split = _split(layout, x.shape, params["kernel_shape"], kernel_grad=True)
   if split is None:
-    return _kernel_grad(layout, x, ct, **params)
+    return kernel_grad(layout, x, ct, **params)
   window = params["kernel_shape"][:layout.spec.rank]
   summed = dict(params, kernel_dtype=_accumulation_dtype(x.dtype))
   total = None
@@ -351,26 +299,29 @@ def _split_kernel_grad(layout: _Layout, x, ct, **params):
     limit = list(ct.shape)
     for ax, b in zip(layout.spatial_axes(ct.ndim), hi):
       limit[ax] = b
-    g = _kernel_grad(*_crop(layout, x, lo, hi, window),
+    g = kernel_grad(*_crop(layout, x, lo, hi, window),
                      lax.slice(ct, layout.full(ct.ndim, lo, 0), limit),
                      **summed, chunked=total is None)
     total = g if total is None else total + g
   return total.astype(params["kernel_dtype"])  # rounded once
 
 
-def _row_chunk(length: int) -> tuple[int, int, int]:
+def _row_chunk(length: int, plan: _taps_policy.TapsPolicy
+               ) -> tuple[int, int, int]:
   """How the kernel gradient chunks `length` rows: (chunk, blocks, tail).
 
-  A chunk of 5 to 14 rows that divides `length`, as near `_ROW_CHUNK` as
-  possible; else `_ROW_CHUNK`-row chunks and a shorter tail chunk.
+  A chunk in ``plan.row_chunk_range`` that divides `length`, as near
+  ``plan.row_chunk`` as possible; else ``plan.row_chunk``-row chunks and a
+  shorter tail chunk.
   """
-  if length <= 14:
+  low, high = plan.row_chunk_range
+  if length <= high:
     return length, 1, 0
-  divisors = [k for k in range(5, 15) if length % k == 0]
+  divisors = [k for k in range(low, high + 1) if length % k == 0]
   if divisors:
-    chunk = min(divisors, key=lambda k: (abs(k - _ROW_CHUNK), -k))
+    chunk = min(divisors, key=lambda k: (abs(k - plan.row_chunk), -k))
     return chunk, length // chunk, 0
-  return _ROW_CHUNK, length // _ROW_CHUNK, length % _ROW_CHUNK
+  return plan.row_chunk, length // plan.row_chunk, length % plan.row_chunk
 
 
 def _sum_together(terms, axis: int):
@@ -384,23 +335,23 @@ def _sum_together(terms, axis: int):
                     lambda a, b: tuple(u + v for u, v in zip(a, b)), (axis,))
 
 
-def _kernel_grad(layout: _Layout, x, ct, *, kernel_shape, kernel_dtype,
-                 chunked=True):
+def kernel_grad(layout: Layout, x, ct, *, kernel_shape, kernel_dtype,
+                chunked=True):
   """The depthwise kernel's cotangent: ``sum(x_tap * ct)`` for every tap.
 
   The input is padded once, so that every tap is a plain strided slice of
   it over the whole output grid. The taps' products are summed over chunks
   of rows (batch x rows for channels-last) by variadic reductions of up to
-  `_TAPS_PER_PASS` taps, each one pass over the input and the cotangent,
-  and the partial sums are then reduced per tap. (One reduction per tap
-  over the whole grid is several times slower on XLA:CPU.) With `chunked`
-  False, the taps' products are stacked and summed by one reduction: two
-  ops instead of about ten, for the small border slabs of `_split`.
+  the policy's ``taps_per_pass`` taps, each one pass over the input and
+  the cotangent, and the partial sums are then reduced per tap. With
+  `chunked` False, the taps' products are stacked and summed by one
+  reduction: two ops instead of about ten, for the small border slabs of
+  `_split`.
   """
   spec = layout.spec
   acc_dtype = _accumulation_dtype(x.dtype)
   *window, channels, multiplier = kernel_shape
-  _, _, out, _ = _geometry(layout, x.shape, kernel_shape)
+  _, _, out, _ = geometry(layout, x.shape, kernel_shape)
   batch = x.shape[0]
   xp = lax.pad(x.astype(acc_dtype), jnp.zeros((), acc_dtype),
                layout.full(x.ndim, [(lo, hi, 0) for lo, hi in layout.pads],
@@ -414,7 +365,8 @@ def _kernel_grad(layout: _Layout, x, ct, *, kernel_shape, kernel_dtype,
     g = g.reshape(grid)
     ch_axes = tuple(a - 1 for a in ch_axes)
     axis = 0
-  chunk, blocks, tail = _row_chunk(grid[axis])
+  plan = _taps_policy.policy(spec.strides, window, out, math.prod(x.shape))
+  chunk, blocks, tail = _row_chunk(grid[axis], plan)
   x_axes = layout.spatial_axes(xp.ndim)
   x_grid = list(grid)  # the input broadcasts along the multiplier axis
   if multiplier > 1:
@@ -449,9 +401,9 @@ def _kernel_grad(layout: _Layout, x, ct, *, kernel_shape, kernel_dtype,
                                        if a not in keep)
                    ).reshape(kernel_shape).astype(kernel_dtype)
   sums = []
-  for first in range(0, len(indices), _TAPS_PER_PASS):
+  for first in range(0, len(indices), plan.taps_per_pass):
     products = [tap_product(i)
-                for i in indices[first:first + _TAPS_PER_PASS]]
+                for i in indices[first:first + plan.taps_per_pass]]
     partials = _sum_together(chunked(products, 0, blocks, chunk), axis + 1)
     if tail:
       rest = _sum_together(chunked(products, blocks * chunk, 1, tail),
@@ -463,8 +415,8 @@ def _kernel_grad(layout: _Layout, x, ct, *, kernel_shape, kernel_dtype,
   return jnp.stack(sums).reshape(kernel_shape).astype(kernel_dtype)
 
 
-def _input_grad(layout: _Layout, x_aval, ct, kernel):
-  """The input's cotangent: `_forward` transposed in `x` (plain JAX).
+def input_grad(layout: Layout, x_aval, ct, kernel):
+  """The input's cotangent: `forward` transposed in `x` (plain JAX).
 
   The transposed taps: each tap's slice of ``ct`` times its weights,
   scattered back by `lax.pad` (edge padding for the offset, interior
@@ -472,117 +424,8 @@ def _input_grad(layout: _Layout, x_aval, ct, kernel):
   """
   shape = jax.ShapeDtypeStruct(x_aval.shape, x_aval.dtype)
   transpose = jax.linear_transpose(
-      lambda v: _forward(layout, v, kernel), shape)
+      lambda v: forward(layout, v, kernel), shape)
   return transpose(ct)[0]
-
-
-# The depthwise step and its kernel gradient are two primitives, each
-# bilinear and the other's transpose, so that every transformation --
-# reverse mode above all -- runs the implementations above:
-#
-#   depthwise(x, k)   = _forward:      d/dx: _input_grad   d/dk: kernel_grad
-#   kernel_grad(x, g) = _kernel_grad:  d/dx: _input_grad   d/dg: depthwise
-#
-# Linearising saves only `x` (and the kernel) for the backward pass, as
-# "lax" does. Forward mode and derivatives of every order follow from the
-# bilinear rules. Both lower through `mlir.lower_fun`, so XLA sees the same
-# ops as without the primitives.
-
-_depthwise_p = jex.core.Primitive("sepconv_taps_depthwise")
-_kernel_grad_p = jex.core.Primitive("sepconv_taps_depthwise_kernel_grad")
-
-
-def _depthwise_abstract_eval(x, kernel, *, layout):
-  _, _, out, _ = _geometry(layout, x.shape, kernel.shape)
-  channels = kernel.shape[-2] * kernel.shape[-1]
-  shape = ((x.shape[0], *out, channels) if layout.spec.channels_last
-           else (x.shape[0], channels, *out))
-  return x.update(shape=shape, weak_type=False)
-
-
-def _kernel_grad_abstract_eval(x, ct, *, layout, kernel_shape,
-                               kernel_dtype):
-  del ct, layout
-  return x.update(shape=kernel_shape, dtype=kernel_dtype, weak_type=False)
-
-
-def _depthwise_impl(x, kernel, *, layout):
-  return _split_forward(layout, x, kernel)
-
-
-def _kernel_grad_impl(x, ct, **params):
-  return _split_kernel_grad(params.pop("layout"), x, ct, **params)
-
-
-@functools.lru_cache(maxsize=64)
-def _compiled(impl, params):
-  return jax.jit(functools.partial(impl, **dict(params)))
-
-
-def _eager(impl, *args, **params):
-  """Outside `jax.jit`, a primitive runs its implementation compiled."""
-  return _compiled(impl, tuple(sorted(params.items())))(*args)
-
-
-def _depthwise_transpose_x(ct, x, kernel, *, layout):
-  return _input_grad(layout, x.aval, ct, kernel)
-
-
-def _depthwise_transpose_kernel(ct, x, kernel, *, layout):
-  return _kernel_grad_p.bind(x, ct, layout=layout,
-                             kernel_shape=tuple(kernel.aval.shape),
-                             kernel_dtype=jnp.dtype(kernel.aval.dtype))
-
-
-def _kernel_grad_transpose_x(kt, x, ct, *, layout, kernel_shape,
-                             kernel_dtype):
-  del kernel_shape, kernel_dtype
-  return _input_grad(layout, x.aval, ct, kt)
-
-
-def _kernel_grad_transpose_ct(kt, x, ct, *, layout, kernel_shape,
-                              kernel_dtype):
-  del kernel_shape, kernel_dtype
-  return _depthwise_p.bind(x, kt.astype(ct.aval.dtype), layout=layout)
-
-
-def _depthwise_batch(args, dims, *, layout):
-  """vmap: a batched input joins the batch axis; else vmap `_forward`."""
-  (x, kernel), (bx, bk) = args, dims
-  if bk is None:  # (batching's "not mapped")
-    x = jnp.moveaxis(x, bx, 0)
-    size, batch = x.shape[:2]
-    y = _depthwise_p.bind(x.reshape((size * batch,) + x.shape[2:]), kernel,
-                          layout=layout)
-    return y.reshape((size, batch) + y.shape[1:]), 0
-  return jax.vmap(functools.partial(_forward, layout), (bx, bk))(x, kernel), 0
-
-
-def _kernel_grad_batch(args, dims, **params):
-  return jax.vmap(functools.partial(_kernel_grad_impl, **params),
-                  tuple(dims))(*args), 0
-
-
-for _p, _impl, _abstract, _batch in (
-    (_depthwise_p, _depthwise_impl, _depthwise_abstract_eval,
-     _depthwise_batch),
-    (_kernel_grad_p, _kernel_grad_impl, _kernel_grad_abstract_eval,
-     _kernel_grad_batch)):
-  _p.def_impl(functools.partial(_eager, _impl))
-  _p.def_abstract_eval(_abstract)
-  mlir.register_lowering(_p, mlir.lower_fun(_impl, multiple_results=False))
-  batching.primitive_batchers[_p] = _batch
-ad.defbilinear(_depthwise_p, _depthwise_transpose_x,
-               _depthwise_transpose_kernel)
-ad.defbilinear(_kernel_grad_p, _kernel_grad_transpose_x,
-               _kernel_grad_transpose_ct)
-
-
-def depthwise(x, kernel, spec: _args.ConvSpec, pads, precision):
-  """The depthwise step (see the module docstring)."""
-  del precision  # elementwise products, exact in the accumulation dtype
-  layout = _Layout(spec, tuple((int(lo), int(hi)) for lo, hi in pads))
-  return _depthwise_p.bind(x, kernel, layout=layout)
 
 
 def _dot(y, w, channels_last: bool, precision):
@@ -590,7 +433,7 @@ def _dot(y, w, channels_last: bool, precision):
 
   Channels-last: one (positions, K) @ (K, F) product on a 2-D view of `y`.
   (On the N-D array XLA:CPU transposes the output cotangent before the
-  kernel gradient's dot: 5x slower for that part of a training step.)
+  kernel gradient's dot.)
   Channels-first: per image, (F, K) @ (K, positions) as one batched
   product when an image has at least as many positions as channels, else a
   product over the channels followed by moving the filters forward.

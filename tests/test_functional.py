@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import re
 import zlib
 
 import jax
@@ -21,8 +22,10 @@ import sepconv_jax
 
 try:
   from tests import reference as ref
+  from tests import reference_nd as ref_nd
 except ImportError:  # tests/ itself on sys.path
   import reference as ref
+  import reference_nd as ref_nd
 
 
 IMPLS = tuple(dict.fromkeys(
@@ -545,3 +548,45 @@ def test_data_format_none_channels_last_in_keras_json(monkeypatch, tmp_path):
   x, dk, pk, b = _make(_rng("keras-json-cl"), h=3, w=6, c=2, kh=2, kw=2)
   out = sepconv_jax.separable_conv2d(x, dk, pk, b)
   assert_close(out, ref.separable_conv2d(x, dk, pk, b, 1, "valid", 1, CL))
+
+
+# --------------------------------------------------------------------------
+# The rank-generic functions: the rank comes from the depthwise kernel.
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("rank,padding", [(1, "causal"), (1, "same"),
+                                          (2, "valid"), (3, "same")])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_rank_generic_functions_match_the_nd_reference(rank, padding, impl):
+  rng = _rng("generic", rank, padding, impl)
+  spatial = {1: (11,), 2: (7, 6), 3: (5, 6, 4)}[rank]
+  window = {1: (3,), 2: (3, 2), 3: (2, 3, 2)}[rank]
+  x = rng.standard_normal((2, *spatial, 3)).astype(np.float32)
+  dk = rng.standard_normal((*window, 3, 2)).astype(np.float32)
+  pk = rng.standard_normal((*(1,) * rank, 6, 4)).astype(np.float32)
+  b = rng.standard_normal((4,)).astype(np.float32)
+  db = rng.standard_normal((6,)).astype(np.float32)
+  strides = (1,) * rank if padding == "causal" else (2,) + (1,) * (rank - 1)
+  kw = dict(strides=strides, padding=padding, implementation=impl)
+  y = _jit(sepconv_jax.separable_conv, **kw)(x, dk, pk, b)
+  d = _jit(sepconv_jax.depthwise_conv, **kw)(x, dk, db)
+  want_d = ref_nd.depthwise(x, dk, strides, padding, (1,) * rank)
+  want = np.einsum("...k,kf->...f", want_d, pk.reshape(6, 4)) + b
+  ref.assert_close(y, want, rtol=1e-5, atol=1e-5)
+  ref.assert_close(d, want_d + db, rtol=1e-5, atol=1e-5)
+  if rank == 2:  # the same as the 2-D functions
+    np.testing.assert_array_equal(
+        y, _jit(sepconv_jax.separable_conv2d, **kw)(x, dk, pk, b))
+    np.testing.assert_array_equal(
+        d, _jit(sepconv_jax.depthwise_conv2d, **kw)(x, dk, db))
+
+
+@pytest.mark.parametrize("shape", [(3, 3), (1, 1, 2, 3, 3, 1)], ids=str)
+def test_rank_generic_functions_reject_kernels_of_no_rank(shape):
+  x = np.ones((1, 5, 5, 3), np.float32)
+  for fn in (sepconv_jax.depthwise_conv,
+             functools.partial(sepconv_jax.separable_conv,
+                               pointwise_kernel=np.ones((1, 1, 3, 2)))):
+    with pytest.raises(ValueError, match=r"`depthwise_kernel` \(shape="
+                       + re.escape(str(shape)) + r"\) has rank \d; it must"
+                       r" be \(\*kernel_size, channels, depth_multiplier\)"):
+      fn(x, np.ones(shape, np.float32))

@@ -28,7 +28,10 @@ from jax.test_util import check_grads
 
 import sepconv_jax
 from sepconv_jax import _ops
+from sepconv_jax import _implementations
 from sepconv_jax import _taps
+from sepconv_jax import _taps_policy
+from sepconv_jax import _taps_primitives
 
 try:
   from tests import reference as ref
@@ -101,16 +104,17 @@ def taps_boxes(monkeypatch):
     return box(*args)
 
   monkeypatch.setattr(_taps, "_box", counted)
-  _taps._compiled.cache_clear()
+  _taps_primitives._compiled.cache_clear()
   yield boxes
-  _taps._compiled.cache_clear()
+  _taps_primitives._compiled.cache_clear()
 
 
 @pytest.fixture
 def taps_split_everywhere(monkeypatch, taps_boxes):
   """"taps" with the interior/border split at every shape and stride (by
   default only stride-1 outputs that are large or have large kernels)."""
-  monkeypatch.setattr(_taps, "_splits", lambda *args, **kwargs: True)
+  split = lambda *args: _taps_policy.TapsPolicy(True, True, 8, (5, 14), 9)
+  monkeypatch.setattr(_taps_policy, "policy", split)
   return taps_boxes
 
 
@@ -160,10 +164,10 @@ def test_taps_split_forward_in_1d_and_3d(rank, strides, dilation, padding,
   x = rng.standard_normal((2, *spatial, 3) if channels_last
                           else (2, 3, *spatial)).astype(np.float32)
   dk = rng.standard_normal((*kernel, 3, 2)).astype(np.float32)
-  y = _ops.depthwise_conv(
-      x, dk, rank=rank, strides=strides, padding=padding,
+  y = sepconv_jax.depthwise_conv(
+      x, dk, strides=strides, padding=padding,
       data_format="channels_last" if channels_last else "channels_first",
-      dilation_rate=dilation, precision=None, implementation="taps")
+      dilation_rate=dilation, implementation="taps")
   expected = ref_nd.depthwise(
       x, dk, (strides,) * rank,
       padding, dilation if isinstance(dilation, tuple) else (dilation,) * rank,
@@ -317,7 +321,7 @@ def test_vmapped_gradients_and_batched_kernels(impl, fmt):
 
 
 def test_taps_backward_pass_runs_the_kernel_gradient_primitive():
-  # The reverse-mode kernel gradient must be `_taps._kernel_grad` (one
+  # The reverse-mode kernel gradient must be `_taps.kernel_grad` (one
   # variadic reduction per 9 taps), not autodiff's reduction per tap.
   x = jnp.ones((2, 8, 8, 4))
   dk = jnp.ones((3, 3, 4, 1))
@@ -445,18 +449,19 @@ def test_module_implementations_agree(impl):
 def test_auto_policy():
   assert "taps" in sepconv_jax.IMPLEMENTATIONS
   assert _ops.auto_implementation("cpu") == "taps"
-  for backend in ("gpu", "cuda", "rocm", "tpu"):
-    assert _ops.auto_implementation(backend) == "lax"
-  if jax.default_backend() == "cpu":
-    assert _ops._choose("auto") is _ops._IMPLEMENTATIONS["taps"]
+  for platform in ("gpu", "cuda", "rocm", "tpu", None):
+    assert _ops.auto_implementation(platform) == "lax"
+  assert set(_implementations.REGISTRY) | {"auto"} == set(
+      sepconv_jax.IMPLEMENTATIONS)
 
 
 @pytest.mark.cpu_only("XLA:CPU's compiled temporaries")
-@pytest.mark.parametrize("impl", FAST)
+@pytest.mark.parametrize("impl", FAST + ["auto"])
 def test_forward_temporaries_no_larger_than_output(impl):
   # No im2col (k*k copies of the input) and no padded copy: the only
   # temporary of the forward pass is the depthwise result. (60x60 outputs
-  # take the interior/border split of "taps".)
+  # take the interior/border split of "taps"; "auto" stages both of its
+  # platforms' branches, and the one not lowered must cost nothing.)
   for (size, strides) in itertools.product((20, 60), (1, 2)):
     x = jnp.zeros((2, size, size, 16))
     dk = jnp.zeros((3, 3, 16, 1))
@@ -496,7 +501,9 @@ def test_taps_split_training_step_makes_no_padded_input_copy(monkeypatch,
     return compiled.memory_analysis().temp_size_in_bytes
 
   split = temporaries()
-  monkeypatch.setattr(_taps, "_splits", lambda *args, **kwargs: False)
+  policy = _taps_policy.policy
+  monkeypatch.setattr(_taps_policy, "policy", lambda *args: policy(
+      *args)._replace(split_kernel_grad=False))
   plain = temporaries()
   jax.clear_caches()
   assert split <= plain - 0.8 * x.nbytes, (split, plain, x.nbytes)

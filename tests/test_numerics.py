@@ -18,8 +18,9 @@ Promises checked here (and stated in the README):
   each output is within two roundings of exact (accumulation is wider than
   the storage dtype). Measured worst case: 1.1 eps.
 * ``precision=HIGHEST`` (as the enum, its name, or a pair) reaches every
-  contraction (``conv_general_dilated``/``dot_general``) of the forward and
-  the backward pass, for the function and the module.
+  dot and convolution of the forward and the backward pass, for the
+  function and the module, in the module each of CPU, CUDA and TPU would
+  compile; ``precision=None`` leaves every one at the backend default.
 * Non-finite values: a NaN or an Inf at one input position makes exactly the
   outputs in its receptive field non-finite (computed from the stride,
   dilation and padding arithmetic), every other output stays finite; a NaN
@@ -46,7 +47,6 @@ from hypothesis import given
 from hypothesis import note
 from hypothesis import settings
 from hypothesis import strategies as st
-import jax.extend
 from jax import lax
 from jax.test_util import check_grads
 
@@ -54,9 +54,11 @@ import sepconv_jax
 
 try:
   from tests import conftest_hypothesis as hyp
+  from tests import lowered
   from tests import reference as ref
 except ImportError:  # tests/ itself on sys.path
   import conftest_hypothesis as hyp
+  import lowered
   import reference as ref
 
 IMPLS = tuple(dict.fromkeys(("auto",) + tuple(sepconv_jax.IMPLEMENTATIONS)))
@@ -262,95 +264,79 @@ def test_low_precision_module(impl, dtype_name):
 
 
 # --------------------------------------------------------------------------
-# precision=HIGHEST.
+# precision=: read from the module each platform would compile.
 # --------------------------------------------------------------------------
-def _sub_jaxprs(params):
-  """The jaxprs nested in an equation's params (pjit, custom_jvp, scan...)."""
-  for value in params.values():
-    for item in value if isinstance(value, (tuple, list)) else (value,):
-      if isinstance(item, jax.extend.core.ClosedJaxpr):
-        yield item.jaxpr
-      elif isinstance(item, jax.extend.core.Jaxpr):
-        yield item
-
-
-def _contraction_precisions(jaxpr):
-  """The `precision` of every conv/dot equation, sub-jaxprs included."""
-  found = []
-  for eqn in jaxpr.eqns:
-    if "precision" in eqn.params and eqn.primitive.name in (
-        "conv_general_dilated", "dot_general"):
-      found.append((eqn.primitive.name, eqn.params["precision"]))
-    for sub in _sub_jaxprs(eqn.params):
-      found.extend(_contraction_precisions(sub))
-  return found
-
-
-def _is_highest(precision):
-  if isinstance(precision, (tuple, list)):
-    return all(_is_highest(p) for p in precision)
-  return precision == lax.Precision.HIGHEST
-
-
 _HIGHEST_FORMS = {"enum": lax.Precision.HIGHEST, "name": "highest",
                   "pair": (lax.Precision.HIGHEST, lax.Precision.HIGHEST)}
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("form", sorted(_HIGHEST_FORMS))
-def test_precision_highest_reaches_every_contraction(impl, form):
-  precision = _HIGHEST_FORMS[form]
+def _programs(impl, precision):
+  """Forward and backward passes of the function and the module."""
   x, dk, pk, b = _arrays(5, 2, 8, 9, 3, 3, 3, 2, 4)
-  conv = dict(strides=1, padding="same", implementation=impl)
+  conv = dict(strides=1, padding="same", implementation=impl,
+              precision=precision)
 
   def sep(x, dk, pk, b):
-    return sepconv_jax.separable_conv2d(x, dk, pk, b, precision=precision,
-                                        **conv)
-
-  def loss(x, dk, pk, b):
-    return jnp.sum(sep(x, dk, pk, b) ** 2)
+    return sepconv_jax.separable_conv2d(x, dk, pk, b, **conv)
 
   layer = sepconv_jax.SeparableConv2D(4, 3, depth_multiplier=2,
                                       padding="same", precision=precision,
                                       implementation=impl)
   params = {"depthwise_kernel": dk, "pointwise_kernel": pk, "bias": b}
 
-  def module_loss(params, x):
-    return jnp.sum(layer.apply({"params": params}, x) ** 2)
+  def module(params, x):
+    return layer.apply({"params": params}, x)
 
-  programs = {
-      "forward": jax.make_jaxpr(sep)(x, dk, pk, b),
-      "backward": jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2, 3)))(
-          x, dk, pk, b),
-      "module forward": jax.make_jaxpr(
-          lambda p, x: layer.apply({"params": p}, x))(params, x),
-      "module backward": jax.make_jaxpr(jax.grad(module_loss,
-                                                 argnums=(0, 1)))(params, x),
+  def backward(f, count):  # the value, and the gradient of every argument
+    return jax.value_and_grad(lambda *a: jnp.sum(f(*a) ** 2),
+                              argnums=tuple(range(count)))
+
+  return {
+      "forward": (sep, (x, dk, pk, b)),
+      "backward": (backward(sep, 4), (x, dk, pk, b)),
+      "module forward": (module, (params, x)),
+      "module backward": (backward(module, 2), (params, x)),
   }
-  for what, closed in programs.items():
-    found = _contraction_precisions(closed.jaxpr)
-    if impl in ("auto", "lax"):
-      assert found, f"{what}: no contraction found"
-    not_highest = [(p, v) for p, v in found if not _is_highest(v)]
-    assert not not_highest, f"{impl} {what}: {not_highest}"
 
-  # And the numbers: float32 within the forward-error bound of float64.
-  y = sep(x, dk, pk, b)
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("platform", lowered.PLATFORMS)
+def test_precision_reaches_every_contraction_of_the_lowered_module(impl,
+                                                                   platform):
+  """``precision=`` (any form) is on every dot and convolution, forward
+  and backward, of the program each platform compiles; None leaves them
+  all at the backend default."""
+  for form, precision in _HIGHEST_FORMS.items():
+    for what, (fn, args) in _programs(impl, precision).items():
+      found = lowered.contractions(
+          lowered.lower(fn, *args, platforms=(platform,)))
+      assert found, f"{impl} {what} on {platform}: no contraction"
+      wrong = [c for c in found if c[1] != ("HIGHEST", "HIGHEST")]
+      assert not wrong, f"{impl} {what} on {platform} ({form}): {wrong}"
+
+
+@pytest.mark.precision("default")
+@pytest.mark.parametrize("impl", IMPLS)
+def test_precision_none_leaves_the_backend_default(impl):
+  for platform in lowered.PLATFORMS:
+    for what, (fn, args) in _programs(impl, None).items():
+      found = lowered.contractions(
+          lowered.lower(fn, *args, platforms=(platform,)))
+      assert found and all(p in ((), ("DEFAULT", "DEFAULT"))
+                           for _, p in found), (impl, what, platform, found)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_precision_highest_is_exact_float32(impl):
+  """The numbers: within the float32 forward-error bound of float64."""
+  x, dk, pk, b = _arrays(5, 2, 8, 9, 3, 3, 3, 2, 4)
+  y = sepconv_jax.separable_conv2d(x, dk, pk, b, padding="same",
+                                   precision="highest", implementation=impl)
   expected = ref.separable_conv2d(x, dk, pk, b, 1, "same")
   mag = ref.separable_conv2d(np.abs(x), np.abs(dk), np.abs(pk), np.abs(b), 1,
                              "same")
   bound = 2 * (9 + 6 + 2) * float(jnp.finfo(jnp.float32).eps) * mag
   assert np.all(np.abs(np.asarray(y, np.float64) - expected) <= bound)
-
-
-@pytest.mark.parametrize("impl", IMPLS)
-def test_precision_default_is_not_forced_highest(impl):
-  """precision=None leaves the backend default (the argument matters)."""
-  x, dk, pk, b = _arrays(5, 1, 6, 6, 2, 3, 3, 1, 2)
-  closed = jax.make_jaxpr(lambda *a: sepconv_jax.separable_conv2d(
-      *a, padding="same", implementation=impl))(x, dk, pk, b)
-  found = _contraction_precisions(closed.jaxpr)
-  assert not any(_is_highest(v) and v is not None for _, v in found), found
 
 
 # --------------------------------------------------------------------------

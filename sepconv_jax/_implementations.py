@@ -1,0 +1,118 @@
+"""The implementations behind ``implementation=``, and what "auto" runs.
+
+An implementation computes the convolution on arrays that `_ops` has
+validated, brought to one batch axis and to the compute dtype:
+
+* ``depthwise(x, kernel, spec, pads, precision)``;
+* ``pointwise(y, kernel, spec, precision)``;
+* optionally ``fused(x, depthwise_kernel, pointwise_kernel, bias, spec,
+  pads, precision)``, the whole layer in one call (bias included;
+  `pointwise_kernel` None for the depthwise step alone), used instead of
+  the two steps.
+
+``x`` has shape ``(N, *spatial, C)`` (or ``(N, C, *spatial)``), ``pads``
+holds explicit ``(before, after)`` pairs and ``spec`` is the normalised
+:class:`~sepconv_jax._args.ConvSpec`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, NamedTuple, Optional
+
+import jax
+from jax import lax
+
+from sepconv_jax import _args
+from sepconv_jax import _lax
+from sepconv_jax import _taps_primitives
+
+
+class Implementation(NamedTuple):
+  """How one implementation computes the depthwise and pointwise steps."""
+
+  depthwise: Callable[..., jax.Array]
+  pointwise: Callable[..., jax.Array]
+  fused: Optional[Callable[..., jax.Array]] = None
+
+
+REGISTRY: dict[str, Implementation] = {
+    # `lax.conv_general_dilated` with `feature_group_count`: the reference.
+    "lax": Implementation(_lax.depthwise, _lax.pointwise),
+    # Shifted taps + matmul, with their own derivatives: see `_taps`.
+    "taps": Implementation(_taps_primitives.depthwise,
+                           _taps_primitives.pointwise),
+}
+assert set(_args.IMPLEMENTATIONS) == {"auto", *REGISTRY}, REGISTRY
+
+# The lowering platforms "auto" distinguishes (`lax.platform_dependent`'s
+# names); any other platform gets `auto_implementation(None)`.
+_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+
+
+def auto_implementation(platform: Optional[str] = None) -> str:
+  """The implementation ``implementation="auto"`` runs on `platform`.
+
+  The policy, from ``scripts/benchmark.py`` (results in
+  ``scripts/benchmark_results/``):
+
+  * CPU: ``"taps"``. XLA:CPU runs grouped convolutions as a slow generic
+    loop and expands their kernel gradient into a dense ``C x C``
+    convolution; the shifted taps were faster in the forward pass and the
+    training step at every benchmarked shape, strided ones included.
+  * GPU (CUDA, ROCm): ``"lax"``, which beat ``"taps"`` at 6 of the 7
+    canonical shapes at batch 64 on an NVIDIA H200.
+  * TPU and anything else: ``"lax"`` (unmeasured).
+
+  The choice is made per lowering platform, not per the backend that
+  traces: a function traced on a CPU and exported for CUDA runs ``"lax"``
+  there.
+
+  Args:
+    platform: a lowering platform ("cpu", "cuda", "rocm", "tpu"), or a
+      `jax.default_backend()` name ("gpu" counts as CUDA); None for any
+      other platform.
+
+  Returns:
+    One of the concrete names of :data:`sepconv_jax.IMPLEMENTATIONS`.
+  """
+  return "taps" if platform == "cpu" else "lax"
+
+
+def _steps(impl: Implementation, spec, pads, precision, x, dk, pk, b):
+  """The convolution by `impl`, bias included."""
+  if impl.fused is not None:
+    return impl.fused(x, dk, pk, b, spec, pads, precision)
+  y = impl.depthwise(x, dk, spec, pads, precision)
+  if pk is not None:
+    y = impl.pointwise(y, pk, spec, precision)
+  if b is not None:
+    shape = (b.shape[0],) if spec.channels_last else (
+        (b.shape[0],) + (1,) * spec.rank)
+    y = y + b.reshape(shape)
+  return y
+
+
+def run(implementation: str, x, dk, pk, b, spec: _args.ConvSpec, pads,
+        precision) -> jax.Array:
+  """Runs `implementation` (a name of `IMPLEMENTATIONS`) on the arrays.
+
+  "auto" stages out one branch per distinct choice of
+  `auto_implementation` with `lax.platform_dependent`, so the choice
+  follows the platform the program is lowered for: a multi-platform
+  `jax.export` carries each platform's own path, and outside `jax.jit`
+  only the current platform's branch runs.
+  """
+  steps = functools.partial(_steps, spec=spec, pads=pads, precision=precision)
+  if implementation != "auto":
+    return steps(REGISTRY[implementation], x=x, dk=dk, pk=pk, b=b)
+  branches = {}
+  for name in {auto_implementation(p) for p in (*_PLATFORMS, None)}:
+    branches[name] = functools.partial(
+        lambda impl, x, dk, pk, b: steps(impl, x=x, dk=dk, pk=pk, b=b),
+        REGISTRY[name])
+  default = auto_implementation(None)
+  per_platform = {p: branches[auto_implementation(p)] for p in _PLATFORMS
+                  if auto_implementation(p) != default}
+  return lax.platform_dependent(x, dk, pk, b, default=branches[default],
+                                **per_platform)
