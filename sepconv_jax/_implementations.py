@@ -45,9 +45,10 @@ REGISTRY: dict[str, Implementation] = {
 }
 assert set(_args.IMPLEMENTATIONS) == {"auto", *REGISTRY}, REGISTRY
 
-# The lowering platforms "auto" distinguishes (`lax.platform_dependent`'s
-# names); any other platform gets `auto_implementation(None)`.
-_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+# What "auto" runs per lowering platform (`lax.platform_dependent`'s names),
+# and on every platform not named (see `auto_implementation`).
+_AUTO = {"cpu": "taps"}
+_AUTO_ELSEWHERE = "lax"
 
 
 def auto_implementation(platform: Optional[str] = None) -> str:
@@ -69,14 +70,15 @@ def auto_implementation(platform: Optional[str] = None) -> str:
   there.
 
   Args:
-    platform: a lowering platform ("cpu", "cuda", "rocm", "tpu"), or a
-      `jax.default_backend()` name ("gpu" counts as CUDA); None for any
-      other platform.
+    platform: a lowering platform ("cpu", "cuda", "rocm", "tpu") or a
+      `jax.default_backend()` name ("gpu"); None for the default backend.
 
   Returns:
     One of the concrete names of :data:`sepconv_jax.IMPLEMENTATIONS`.
   """
-  return "taps" if platform == "cpu" else "lax"
+  if platform is None:
+    platform = jax.default_backend()
+  return _AUTO.get(platform, _AUTO_ELSEWHERE)
 
 
 def _steps(impl: Implementation, spec, pads, precision, x, dk, pk, b):
@@ -106,13 +108,12 @@ def run(implementation: str, x, dk, pk, b, spec: _args.ConvSpec, pads,
   steps = functools.partial(_steps, spec=spec, pads=pads, precision=precision)
   if implementation != "auto":
     return steps(REGISTRY[implementation], x=x, dk=dk, pk=pk, b=b)
-  branches = {}
-  for name in {auto_implementation(p) for p in (*_PLATFORMS, None)}:
-    branches[name] = functools.partial(
-        lambda impl, x, dk, pk, b: steps(impl, x=x, dk=dk, pk=pk, b=b),
-        REGISTRY[name])
-  default = auto_implementation(None)
-  per_platform = {p: branches[auto_implementation(p)] for p in _PLATFORMS
-                  if auto_implementation(p) != default}
-  return lax.platform_dependent(x, dk, pk, b, default=branches[default],
-                                **per_platform)
+  # One branch per implementation (equal branches are merged by identity).
+  branches = {
+      name: functools.partial(
+          lambda impl, x, dk, pk, b: steps(impl, x=x, dk=dk, pk=pk, b=b),
+          REGISTRY[name])
+      for name in {*_AUTO.values(), _AUTO_ELSEWHERE}}
+  return lax.platform_dependent(
+      x, dk, pk, b, default=branches[_AUTO_ELSEWHERE],
+      **{platform: branches[name] for platform, name in _AUTO.items()})

@@ -449,8 +449,11 @@ def test_module_implementations_agree(impl):
 def test_auto_policy():
   assert "taps" in sepconv_jax.IMPLEMENTATIONS
   assert _ops.auto_implementation("cpu") == "taps"
-  for platform in ("gpu", "cuda", "rocm", "tpu", None):
+  for platform in ("gpu", "cuda", "rocm", "tpu"):
     assert _ops.auto_implementation(platform) == "lax"
+  # None: the default backend's.
+  assert _ops.auto_implementation() == _ops.auto_implementation(
+      jax.default_backend())
   assert set(_implementations.REGISTRY) | {"auto"} == set(
       sepconv_jax.IMPLEMENTATIONS)
 
