@@ -4,9 +4,10 @@ from sepconv_jax import constraints
 from sepconv_jax import nnx
 from sepconv_jax import regularizers
 from sepconv_jax._args import PADDING_MODES
-from sepconv_jax._keras_interop import load_keras_layers
-from sepconv_jax._keras_interop import params_from_keras
-from sepconv_jax._keras_interop import params_to_keras
+from sepconv_jax._keras_saved import load_keras_layers
+from sepconv_jax._keras_weights import params_from_keras
+from sepconv_jax._keras_weights import params_to_keras
+from sepconv_jax._linen import DepthwiseConv1D
 from sepconv_jax._linen import DepthwiseConv2D
 from sepconv_jax._linen import SeparableConv1D
 from sepconv_jax._linen import SeparableConv2D
@@ -25,6 +26,7 @@ from sepconv_jax._regularizers import regularization_loss
 __version__ = "0.1.0"
 
 __all__ = (
+    "DepthwiseConv1D",
     "DepthwiseConv2D",
     "IMPLEMENTATIONS",
     "PADDING_MODES",

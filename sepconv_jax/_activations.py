@@ -1,8 +1,8 @@
-"""Keras activation names, with Keras 3 numerics on JAX."""
+"""Keras activation names, with Keras 3 numerics on JAX, and Keras configs."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +10,9 @@ import jax.numpy as jnp
 from sepconv_jax import _args
 
 Activation = Callable[[jax.Array], jax.Array]
+
+#: What an ``activation`` argument accepts.
+ActivationLike = Optional[Union[str, Activation]]
 
 
 def _linear(x):
@@ -80,7 +83,8 @@ _UNSUPPORTED = ("glu", "sparsemax", "threshold")
 NAMES: tuple[str, ...] = tuple(sorted(_ACTIVATIONS))
 
 
-def get(identifier: Any, name: str = "activation") -> Optional[Activation]:
+def get(identifier: ActivationLike,
+        name: str = "activation") -> Optional[Activation]:
   """Resolves an activation: None, a callable, or one of :data:`NAMES`.
 
   Raises:
@@ -89,3 +93,47 @@ def get(identifier: Any, name: str = "activation") -> Optional[Activation]:
   """
   return _args.lookup(identifier, _TABLE, name, "activation",
                       allow_none=True, unsupported=_UNSUPPORTED)
+
+
+def from_keras(value: Any, name: str = "activation") -> ActivationLike:
+  """A Keras config's activation (a name, or Keras's serialized function).
+
+  Names pass through: the layer checks them.
+
+  Raises:
+    ValueError: for a custom activation, or a value that is no name.
+  """
+  if value is None or isinstance(value, str):
+    return value
+  if isinstance(value, Mapping):
+    config = value.get("config")
+    if (str(value.get("module", "")).startswith("keras.activations")
+        and value.get("registered_name") is None and isinstance(config, str)):
+      return config
+    raise ValueError(
+        f"`{name}` (={value!r}) is a custom Keras activation, which"
+        " sepconv_jax cannot honour; pass an equivalent callable to the"
+        " module yourself"
+    )
+  raise ValueError(
+      f"`{name}` (={value!r}) must be None or a Keras activation name")
+
+
+def to_keras(value: ActivationLike, name: str = "activation") -> str:
+  """Our activation -> its Keras name (None is Keras's ``"linear"``).
+
+  Raises:
+    ValueError: for a function that none of :data:`NAMES` stands for.
+  """
+  if value is None:
+    return "linear"
+  if isinstance(value, str):
+    return value
+  for activation_name, fn in _ACTIVATIONS.items():
+    if value is fn:
+      return activation_name
+  raise ValueError(
+      f"`{name}` (={value!r}) cannot be written as a Keras config: only"
+      " None, activation names and the functions they stand for (such as"
+      " jax.nn.relu) can be"
+  )

@@ -1,16 +1,20 @@
-"""Keras weight constraints: functions that project a weight after a step."""
+"""Keras weight constraints, which project a weight after a step; configs."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional, Union
 
 import jax
 import jax.numpy as jnp
 
 from sepconv_jax import _args
+from sepconv_jax import _keras_serial
 
 Constraint = Callable[[jax.Array], jax.Array]
+
+#: What a ``*_constraint`` argument accepts.
+ConstraintLike = Optional[Union[str, Constraint]]
 
 _EPSILON = 1e-7  # keras.backend.epsilon()
 
@@ -88,7 +92,7 @@ _TABLE = {
 NAMES: tuple[str, ...] = tuple(sorted(_TABLE))
 
 
-def get(identifier: Any, name: str) -> Optional[Constraint]:
+def get(identifier: ConstraintLike, name: str) -> Optional[Constraint]:
   """Resolves a constraint: None, a callable, or a Keras name.
 
   Raises:
@@ -97,3 +101,62 @@ def get(identifier: Any, name: str) -> Optional[Constraint]:
   """
   return _args.lookup(identifier, _TABLE, name, "constraint",
                       allow_none=True)
+
+
+# The Keras classes, by name; each dataclass's fields are its Keras config,
+# its field defaults Keras's.
+_KERAS_CLASSES = {"MaxNorm": MaxNorm, "NonNeg": NonNeg, "UnitNorm": UnitNorm,
+                  "MinMaxNorm": MinMaxNorm}
+
+
+def from_keras(value: Any, name: str) -> ConstraintLike:
+  """A Keras config's constraint (None, a name or a serialized dict) -> ours.
+
+  Names pass through: the layer resolves them as Keras does.
+
+  Raises:
+    ValueError: for a class we lack, unknown config keys, values that are
+      not numbers, or an ``axis`` that is not an int or a list of ints.
+  """
+  if value is None or isinstance(value, str):
+    return value
+  if not isinstance(value, Mapping):
+    raise ValueError(
+        f"`{name}` (={value!r}) must be None, a constraint name or a"
+        " serialized Keras constraint (a dict)"
+    )
+  class_name, config = _keras_serial.read(value, name, "constraint",
+                                          _KERAS_CLASSES)
+  config = _keras_serial.with_defaults(
+      config, _keras_serial.field_defaults(_KERAS_CLASSES[class_name]), name,
+      class_name)
+  _keras_serial.check_real(config, [k for k in config if k != "axis"], name,
+                           class_name)
+  if "axis" in config:
+    config["axis"] = _keras_serial.int_axes(config["axis"], name, class_name,
+                                            "axis", allow_none=False)
+  return _KERAS_CLASSES[class_name](**config)
+
+
+def to_keras(value: ConstraintLike, name: str) -> Optional[dict]:
+  """Our constraint -> a serialized Keras constraint (None stays None).
+
+  Raises:
+    ValueError: for a function: only names and the classes of
+      :mod:`sepconv_jax.constraints` have a Keras config.
+  """
+  if value is None:
+    return None
+  if isinstance(value, str):
+    value = get(value, name)
+  for class_name, cls in _KERAS_CLASSES.items():
+    if type(value) is cls:  # pylint: disable=unidiomatic-typecheck
+      config = {k: _keras_serial.jsonable(v)
+                for k, v in dataclasses.asdict(value).items()}
+      return _keras_serial.keras_object("keras.constraints", class_name,
+                                        config)
+  raise ValueError(
+      f"`{name}` (={value!r}) cannot be written as a Keras config: only"
+      " None, constraint names and sepconv_jax.constraints.MaxNorm, NonNeg,"
+      " UnitNorm and MinMaxNorm can be"
+  )

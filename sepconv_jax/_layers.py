@@ -36,59 +36,152 @@ class Config(NamedTuple):
 
 
 class Family(NamedTuple):
-  """A kind of layer: its weights, their Keras names and their shapes.
+  """A kind of layer: its weights, their names and shapes, its Keras peers.
 
   Weights are keyed by the prefix of their ``*_initializer``,
-  ``*_regularizer`` and ``*_constraint`` arguments.
+  ``*_regularizer`` and ``*_constraint`` arguments, in Keras's order.
+
+  Attributes:
+    name: the family's name, for messages ("separable", "depthwise").
+    param_names: each weight's param name, Keras's weight name.
+    param_shapes: the params' shapes for a config (or anything with its
+      ``kernel_size``, ``depth_multiplier`` and ``filters``), the input
+      channels and ``use_bias``.
+    layouts: each weight's shape in words, for messages.
+    out_channels: the output channels for a config and the input channels.
+    arguments: the family's own Keras arguments, beyond those every layer
+      takes (:data:`ARGUMENTS`).
+    keras_classes: by spatial rank, the name of the Keras layer class (then
+      its aliases); a rank without one has no Keras counterpart.
+    causal: whether the 1-D layer takes ``padding="causal"``, as tf.keras's
+      ``SeparableConv1D`` did and its ``DepthwiseConv1D`` did not.
   """
 
+  name: str
   param_names: dict[str, str]
-  param_shapes: Callable[[Config, int, bool], dict[str, tuple]]
+  param_shapes: Callable[[Any, int, bool], dict[str, tuple]]
+  layouts: dict[str, str]
   out_channels: Callable[[Config, Optional[int]], Optional[int]]
+  arguments: tuple[str, ...]
+  keras_classes: dict[int, tuple[str, ...]]
+  causal: bool
 
 
-def _separable_shapes(cfg: Config, channels: int,
+def _separable_shapes(cfg: Any, channels: int,
                       use_bias: bool) -> dict[str, tuple]:
-  rank = cfg.spec.rank
   shapes = {
-      "depthwise": cfg.kernel_size + (channels, cfg.depth_multiplier),
-      "pointwise": (1,) * rank + (channels * cfg.depth_multiplier,
-                                  cfg.filters),
+      "depthwise": tuple(cfg.kernel_size) + (channels, cfg.depth_multiplier),
+      "pointwise": (1,) * len(cfg.kernel_size) + (
+          channels * cfg.depth_multiplier, cfg.filters),
   }
   if use_bias:
     shapes["bias"] = (cfg.filters,)
   return shapes
 
 
-def _depthwise_shapes(cfg: Config, channels: int,
+def _depthwise_shapes(cfg: Any, channels: int,
                       use_bias: bool) -> dict[str, tuple]:
-  shapes = {"depthwise": cfg.kernel_size + (channels, cfg.depth_multiplier)}
+  shapes = {"depthwise": tuple(cfg.kernel_size) + (channels,
+                                                   cfg.depth_multiplier)}
   if use_bias:
     shapes["bias"] = (channels * cfg.depth_multiplier,)
   return shapes
 
 
+_KERNEL_LAYOUT = "(*kernel_size, in_channels, depth_multiplier)"
+
 SEPARABLE = Family(
+    name="separable",
     param_names={"depthwise": "depthwise_kernel",
                  "pointwise": "pointwise_kernel", "bias": "bias"},
     param_shapes=_separable_shapes,
+    layouts={"depthwise": _KERNEL_LAYOUT,
+             "pointwise": "(1 per spatial dim, in_channels * depth_multiplier,"
+                          " filters)",
+             "bias": "(filters,)"},
     out_channels=lambda cfg, channels: cfg.filters,
+    arguments=("filters",),
+    keras_classes={1: ("SeparableConv1D", "SeparableConvolution1D"),
+                   2: ("SeparableConv2D", "SeparableConvolution2D")},
+    causal=True,
 )
 
 DEPTHWISE = Family(
+    name="depthwise",
     param_names={"depthwise": "kernel", "bias": "bias"},
     param_shapes=_depthwise_shapes,
+    layouts={"depthwise": _KERNEL_LAYOUT,
+             "bias": "(in_channels * depth_multiplier,)"},
     out_channels=lambda cfg, channels: (
         None if channels is None else channels * cfg.depth_multiplier),
+    arguments=(),
+    keras_classes={1: ("DepthwiseConv1D",), 2: ("DepthwiseConv2D",)},
+    causal=False,
 )
+
+#: Every family, separable first.
+FAMILIES = (SEPARABLE, DEPTHWISE)
+
+#: The arguments every layer takes beyond Keras's (Flax's and ours).
+EXTRA_ARGUMENTS = ("dtype", "param_dtype", "precision", "implementation",
+                   "padding_mode")
+
+
+def keras_arguments(family: Family) -> tuple[str, ...]:
+  """A family's Keras arguments, in the order of Keras's ``get_config()``.
+
+  That is every key of the config but ``name``, ``trainable`` and
+  ``dtype``.
+  """
+  weights = tuple(family.param_names)
+  return (("depth_multiplier",) + family.arguments
+          + ("kernel_size", "strides", "padding", "data_format",
+             "dilation_rate", "activation", "use_bias")
+          + tuple(f"{w}_initializer" for w in weights)
+          + tuple(f"{w}_regularizer" for w in weights)
+          + ("activity_regularizer",)
+          + tuple(f"{w}_constraint" for w in weights))
+
+
+class Resolved:
+  """A layer's :class:`Config`, resolved once and kept beside its arguments.
+
+  It takes no part in equality, hashing, copying or pickling (every two
+  compare equal; a copy is empty), so layers with equal arguments stay
+  equal and hash alike, NNX keeps it as a static attribute, and a copied or
+  unpickled layer resolves its arguments again when it is first used.
+  """
+
+  __slots__ = ("config",)
+
+  def __init__(self, config: Optional[Config] = None):
+    self.config = config
+
+  def get(self, resolve: Callable[[], Config]) -> Config:
+    """The config, resolved by `resolve` if this holds none yet."""
+    if self.config is None:
+      self.config = resolve()
+    return self.config
+
+  def __eq__(self, other: Any) -> bool:
+    return isinstance(other, Resolved)
+
+  def __hash__(self) -> int:
+    return hash(Resolved)
+
+  def __reduce__(self):
+    return Resolved, ()
+
+  def __repr__(self) -> str:
+    return "Resolved(...)"
 
 
 def layer_config(layer: Any, rank: int, family: Family) -> Config:
   """Validates a layer's Keras arguments and resolves their names.
 
   Args:
-    layer: any object with the Keras arguments as attributes (`filters`
-      only for layers that have one).
+    layer: any object with the layer's arguments as attributes
+      (:func:`keras_arguments` and :data:`EXTRA_ARGUMENTS`).
     rank: the number of spatial dims.
     family: the layer's weights.
 
@@ -99,15 +192,23 @@ def layer_config(layer: Any, rank: int, family: Family) -> Config:
   _args.check_precision(layer.precision)
   _args.check_implementation(layer.implementation)
   _args.check_dtypes(layer.dtype, layer.param_dtype)
+  spec = _args.conv_spec(rank, layer.strides, layer.padding,
+                         layer.data_format, layer.dilation_rate,
+                         layer.padding_mode)
+  if spec.padding == "causal" and not family.causal:
+    raise ValueError(
+        f"`padding` (={layer.padding!r}) is refused by"
+        f" {type(layer).__name__}, as Keras (3 and tf.keras) refuses it;"
+        " for left padding only, pass the explicit pair"
+        " ((kernel_size - 1) * dilation_rate, 0)"
+    )
   weights = family.param_names
   return Config(
-      spec=_args.conv_spec(rank, layer.strides, layer.padding,
-                           layer.data_format, layer.dilation_rate,
-                           layer.padding_mode),
+      spec=spec,
       kernel_size=_args.normalize_tuple(layer.kernel_size, rank,
                                         "kernel_size"),
       filters=(_args.positive_int(layer.filters, "filters")
-               if hasattr(layer, "filters") else None),
+               if "filters" in family.arguments else None),
       depth_multiplier=_args.positive_int(layer.depth_multiplier,
                                           "depth_multiplier"),
       activation=_activations.get(layer.activation),

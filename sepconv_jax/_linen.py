@@ -7,30 +7,48 @@ from typing import Any, Callable, ClassVar, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.typing import Dtype
+from flax.typing import LaxPadding
+from flax.typing import PrecisionLike
 
+from sepconv_jax import _activations
 from sepconv_jax import _args
-from sepconv_jax import _keras_interop
+from sepconv_jax import _constraints
+from sepconv_jax import _initializers
+from sepconv_jax import _keras_config
 from sepconv_jax import _layers
 from sepconv_jax import _regularizers
+
+ActivationLike = _activations.ActivationLike
+ConstraintLike = _constraints.ConstraintLike
+InitializerLike = _initializers.InitializerLike
+RegularizerLike = _regularizers.RegularizerLike
 
 
 class _KerasConv(nn.Module):
   """What the Keras-style linen layers share: params, penalties, shapes.
 
-  A subclass declares its dataclass fields (the Keras arguments), its rank
-  and its `_FAMILY`; the rest lives in :mod:`sepconv_jax._layers`, shared
-  with the NNX layers.
+  A subclass declares its dataclass fields (the Keras arguments), its
+  `RANK` and its `FAMILY`; the rest lives in :mod:`sepconv_jax._layers`,
+  shared with the NNX layers. The arguments are resolved once, when the
+  module is constructed (and again for each clone Flax makes).
   """
 
-  _rank: ClassVar[int]
-  _FAMILY: ClassVar[_layers.Family]
+  #: The number of spatial dims.
+  RANK: ClassVar[int]
+  #: The layer's weights, their names and shapes, and its Keras peers.
+  FAMILY: ClassVar[_layers.Family]
 
   def __post_init__(self):
-    self._config()  # Bad arguments fail here, at construction, as in Keras.
+    # Bad arguments fail here, at construction, as in Keras.
+    object.__setattr__(self, "_resolved", _layers.Resolved(self._resolve()))
     super().__post_init__()
 
+  def _resolve(self) -> _layers.Config:
+    return _layers.layer_config(self, self.RANK, self.FAMILY)
+
   def _config(self) -> _layers.Config:
-    return _layers.layer_config(self, self._rank, self._FAMILY)
+    return self._resolved.get(self._resolve)
 
   def _param(self, name: str, init: Callable, shape: tuple,
              inputs_shape: tuple) -> jax.Array:
@@ -60,9 +78,9 @@ class _KerasConv(nn.Module):
     cfg = self._config()
     x = _args.as_array(inputs, "inputs")
     leading, channels = _layers.input_channels(cfg, x)
-    shapes = self._FAMILY.param_shapes(cfg, channels, self.use_bias)
+    shapes = self.FAMILY.param_shapes(cfg, channels, self.use_bias)
     params = {
-        w: self._param(self._FAMILY.param_names[w], cfg.initializers[w],
+        w: self._param(self.FAMILY.param_names[w], cfg.initializers[w],
                        shape, tuple(x.shape))
         for w, shape in shapes.items()
     }
@@ -82,7 +100,7 @@ class _KerasConv(nn.Module):
 
   def keras_constraints(self) -> dict[str, Callable]:
     """The constraint of each param that has one, by param name."""
-    return _layers.constraints(self._config(), self._FAMILY, self.use_bias)
+    return _layers.constraints(self._config(), self.FAMILY, self.use_bias)
 
   def compute_output_shape(self, input_shape: Sequence[Any]) -> tuple:
     """The output shape for `input_shape`, without running anything.
@@ -97,7 +115,60 @@ class _KerasConv(nn.Module):
     Raises:
       ValueError: for a shape the layer would reject.
     """
-    return _layers.output_shape(self._config(), self._FAMILY, input_shape)
+    return _layers.output_shape(self._config(), self.FAMILY, input_shape)
+
+
+class _KerasPeer:
+  """The Keras interop of the linen layers that have a Keras counterpart."""
+
+  @classmethod
+  def from_keras_config(cls, config: dict[str, Any], *,
+                        allow_frozen: bool = False) -> Any:
+    """Builds the layer from its Keras counterpart's ``get_config()``.
+
+    Args:
+      config: the Keras 3 config, nested serialized objects and all, as
+        ``get_config()`` returns it or a saved model's ``config.json``
+        holds it.
+      allow_frozen: accept ``"trainable": False`` (the caller freezes the
+        params in the optimizer; Flax modules have no trainable flag).
+
+    Returns:
+      The module; the Keras ``name`` becomes its Flax ``name``.
+
+    Raises:
+      TypeError: if `config` is not a dict.
+      ValueError: naming unknown keys, classes that cannot be honoured and
+        values the module rejects; see
+        :func:`sepconv_jax._keras_config.from_keras_config`.
+
+    Example:
+      >>> import sepconv_jax
+      >>> layer = sepconv_jax.SeparableConv2D.from_keras_config({
+      ...     "name": "sep", "filters": 8, "kernel_size": [3, 3],
+      ...     "data_format": "channels_last", "activation": "relu",
+      ...     "depthwise_regularizer": {"module": "keras.regularizers",
+      ...         "class_name": "L2", "config": {"l2": 1e-4},
+      ...         "registered_name": None}})
+      >>> layer.depthwise_regularizer
+      L2(l2=0.0001)
+    """
+    return _keras_config.from_keras_config(cls, config,
+                                           allow_frozen=allow_frozen)
+
+  def to_keras_config(self) -> dict[str, Any]:
+    """The config for the Keras counterpart's ``from_config``.
+
+    Returns:
+      A dict shaped like Keras 3's ``get_config()``. ``precision`` and
+      ``implementation`` have no Keras counterpart and are left out.
+
+    Raises:
+      ValueError: naming any attribute Keras cannot express, such as a
+        lambda activation or explicit padding; see
+        :func:`sepconv_jax._keras_config.to_keras_config`.
+    """
+    return _keras_config.to_keras_config(self, self._config())
 
 
 class _SeparableConv(_KerasConv):
@@ -109,37 +180,40 @@ class _SeparableConv(_KerasConv):
   filters: int
   kernel_size: int | Sequence[int]
   strides: int | Sequence[int] = 1
-  padding: Any = "valid"
+  padding: LaxPadding = "valid"
   data_format: Optional[str] = None
   dilation_rate: int | Sequence[int] = 1
   depth_multiplier: int = 1
-  activation: Any = None
+  activation: ActivationLike = None
   use_bias: bool = True
-  depthwise_initializer: Any = "glorot_uniform"
-  pointwise_initializer: Any = "glorot_uniform"
-  bias_initializer: Any = "zeros"
-  depthwise_regularizer: Any = None
-  pointwise_regularizer: Any = None
-  bias_regularizer: Any = None
-  activity_regularizer: Any = None
-  depthwise_constraint: Any = None
-  pointwise_constraint: Any = None
-  bias_constraint: Any = None
-  dtype: Optional[Any] = None
-  param_dtype: Any = jnp.float32
-  precision: _args.PrecisionLike = None
+  depthwise_initializer: InitializerLike = "glorot_uniform"
+  pointwise_initializer: InitializerLike = "glorot_uniform"
+  bias_initializer: InitializerLike = "zeros"
+  depthwise_regularizer: RegularizerLike = None
+  pointwise_regularizer: RegularizerLike = None
+  bias_regularizer: RegularizerLike = None
+  activity_regularizer: RegularizerLike = None
+  depthwise_constraint: ConstraintLike = None
+  pointwise_constraint: ConstraintLike = None
+  bias_constraint: ConstraintLike = None
+  dtype: Optional[Dtype] = None
+  param_dtype: Dtype = jnp.float32
+  precision: PrecisionLike = None
   implementation: str = "auto"
   padding_mode: str = "zeros"
 
-  _FAMILY: ClassVar[_layers.Family] = _layers.SEPARABLE
+  FAMILY: ClassVar[_layers.Family] = _layers.SEPARABLE
 
 
-class SeparableConv1D(_SeparableConv):
+class SeparableConv1D(_SeparableConv, _KerasPeer):
   """A 1-D depthwise-separable convolution, as Keras's `SeparableConv1D`.
 
   Inputs are ``(*batch, steps, C)`` or, channels first, ``(*batch, C,
-  steps)``; ``padding="causal"`` pads on the left only. The attributes are
-  those of :class:`SeparableConv2D`, with one int per size.
+  steps)``; ``padding="causal"`` pads on the left only, as tf.keras defined
+  it (Keras 3 refuses it, so such a layer has no Keras 3 config). The
+  attributes are those of :class:`SeparableConv2D`, with one int per size;
+  the params are ``depthwise_kernel`` ``(k, C, depth_multiplier)``,
+  ``pointwise_kernel`` ``(1, C * depth_multiplier, filters)`` and ``bias``.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -150,10 +224,10 @@ class SeparableConv1D(_SeparableConv):
     (2, 10, 8)
   """
 
-  _rank: ClassVar[int] = 1
+  RANK: ClassVar[int] = 1
 
 
-class SeparableConv2D(_SeparableConv):
+class SeparableConv2D(_SeparableConv, _KerasPeer):
   """A 2-D depthwise-separable convolution with the API of Keras's layer.
 
   A depthwise convolution gives ``depth_multiplier`` outputs per input
@@ -181,27 +255,28 @@ class SeparableConv2D(_SeparableConv):
     use_bias: whether to add a ``bias`` param.
     depthwise_initializer: a Keras initializer name or a
       ``(key, shape, dtype)`` callable, for ``depthwise_kernel``.
-    pointwise_initializer: likewise, for ``pointwise_kernel``.
-    bias_initializer: likewise, for ``bias``.
+    pointwise_initializer: the same, for ``pointwise_kernel``.
+    bias_initializer: the same, for ``bias``.
     depthwise_regularizer: None, ``"l1"``, ``"l2"``, ``"l1_l2"`` or a callable
       ``array -> scalar``; its penalty is sown into the ``"losses"``
       collection on every apply with that collection mutable.
-    pointwise_regularizer: likewise, for ``pointwise_kernel``.
-    bias_regularizer: likewise, for ``bias``.
-    activity_regularizer: likewise, applied to the output and divided by the
+    pointwise_regularizer: the same, for ``pointwise_kernel``.
+    bias_regularizer: the same, for ``bias``.
+    activity_regularizer: the same, applied to the output and divided by the
       batch size (the product of the leading batch dims), as in Keras.
     depthwise_constraint: None, ``"max_norm"``, ``"non_neg"``,
       ``"unit_norm"``, ``"min_max_norm"`` or a callable ``array -> array``.
       Not applied in the forward pass: :func:`apply_constraints` applies it
       after each optimizer step, as Keras does.
-    pointwise_constraint: likewise, for ``pointwise_kernel``.
-    bias_constraint: likewise, for ``bias``.
+    pointwise_constraint: the same, for ``pointwise_kernel``.
+    bias_constraint: the same, for ``bias``.
     dtype: the computation dtype; None promotes the inputs and params.
     param_dtype: the dtype of the params.
     precision: the `jax.lax` precision of the convolutions.
     implementation: one of :data:`IMPLEMENTATIONS`.
     padding_mode: beyond Keras, how the padded border is filled:
       ``"zeros"`` (Keras), ``"reflect"``, ``"symmetric"`` or ``"circular"``.
+
   Example:
     >>> import jax, jax.numpy as jnp
     >>> import sepconv_jax
@@ -218,39 +293,7 @@ class SeparableConv2D(_SeparableConv):
   strides: int | Sequence[int] = (1, 1)
   dilation_rate: int | Sequence[int] = (1, 1)
 
-  _rank: ClassVar[int] = 2
-
-  @classmethod
-  def from_keras_config(cls, config: dict[str, Any], *,
-                        allow_frozen: bool = False) -> "SeparableConv2D":
-    """Builds the layer from ``keras.layers.SeparableConv2D.get_config()``.
-
-    Args:
-      config: the Keras 3 config, nested serialized objects and all.
-      allow_frozen: accept ``"trainable": False`` (the caller freezes the
-        params in the optimizer; Flax modules have no trainable flag).
-
-    Returns:
-      The module; the Keras ``name`` becomes its Flax ``name``.
-
-    Raises:
-      ValueError: naming unknown keys and classes that cannot be honoured.
-        See :func:`sepconv_jax._keras_interop.from_keras_config`.
-    """
-    return _keras_interop.from_keras_config(cls, config,
-                                            allow_frozen=allow_frozen)
-
-  def to_keras_config(self) -> dict[str, Any]:
-    """The config for ``keras.layers.SeparableConv2D.from_config``.
-
-    Returns:
-      A dict shaped like Keras 3's ``get_config()``.
-
-    Raises:
-      ValueError: naming any attribute Keras cannot express, such as a lambda
-        activation. See :func:`sepconv_jax._keras_interop.to_keras_config`.
-    """
-    return _keras_interop.to_keras_config(self)
+  RANK: ClassVar[int] = 2
 
 
 class SeparableConv3D(_SeparableConv):
@@ -272,26 +315,80 @@ class SeparableConv3D(_SeparableConv):
   strides: int | Sequence[int] = (1, 1, 1)
   dilation_rate: int | Sequence[int] = (1, 1, 1)
 
-  _rank: ClassVar[int] = 3
+  RANK: ClassVar[int] = 3
 
 
-class DepthwiseConv2D(_KerasConv):
+class _DepthwiseConv(_KerasConv):
+  """The fields and params of the depthwise layers of every rank.
+
+  Documented on :class:`DepthwiseConv2D`.
+  """
+
+  kernel_size: int | Sequence[int]
+  strides: int | Sequence[int] = 1
+  padding: LaxPadding = "valid"
+  depth_multiplier: int = 1
+  data_format: Optional[str] = None
+  dilation_rate: int | Sequence[int] = 1
+  activation: ActivationLike = None
+  use_bias: bool = True
+  depthwise_initializer: InitializerLike = "glorot_uniform"
+  bias_initializer: InitializerLike = "zeros"
+  depthwise_regularizer: RegularizerLike = None
+  bias_regularizer: RegularizerLike = None
+  activity_regularizer: RegularizerLike = None
+  depthwise_constraint: ConstraintLike = None
+  bias_constraint: ConstraintLike = None
+  dtype: Optional[Dtype] = None
+  param_dtype: Dtype = jnp.float32
+  precision: PrecisionLike = None
+  implementation: str = "auto"
+  padding_mode: str = "zeros"
+
+  FAMILY: ClassVar[_layers.Family] = _layers.DEPTHWISE
+
+
+class DepthwiseConv1D(_DepthwiseConv, _KerasPeer):
+  """A 1-D depthwise convolution, as Keras's `DepthwiseConv1D`.
+
+  Inputs are ``(*batch, steps, C)`` or, channels first, ``(*batch, C,
+  steps)``. The attributes are those of :class:`DepthwiseConv2D`, with one
+  int per size, and ``padding="causal"`` is refused, as Keras (3 and
+  tf.keras alike) refuses it for this layer. The params are ``kernel``
+  ``(k, C, depth_multiplier)`` and ``bias`` ``(C * depth_multiplier,)``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import sepconv_jax
+    >>> layer = sepconv_jax.DepthwiseConv1D(3, depth_multiplier=2,
+    ...                                     padding="same")
+    >>> x = jnp.ones((2, 10, 4))
+    >>> variables = layer.init(jax.random.key(0), x)
+    >>> jax.tree.map(jnp.shape, variables["params"])
+    {'bias': (8,), 'kernel': (3, 4, 2)}
+    >>> layer.apply(variables, x).shape
+    (2, 10, 8)
+  """
+
+  RANK: ClassVar[int] = 1
+
+
+class DepthwiseConv2D(_DepthwiseConv, _KerasPeer):
   """The depthwise step alone, as Keras's `DepthwiseConv2D`.
 
   Each input channel gets ``depth_multiplier`` filters of its own, and
   output channel ``c * depth_multiplier + m`` comes from input channel
   ``c``. The params are Keras's ``kernel`` ``(kh, kw, C,
-  depth_multiplier)`` and ``bias`` ``(C * depth_multiplier,)``.
+  depth_multiplier)`` and ``bias`` ``(C * depth_multiplier,)``. There is no
+  ``filters``; the other attributes are those of :class:`SeparableConv2D`,
+  with these differences.
 
   Attributes:
-    kernel_size: the window, an int or a pair.
-    strides: an int or a pair, ``(1, 1)`` by default.
-    dilation_rate: an int or a pair, ``(1, 1)`` by default.
-    depthwise_initializer: for ``kernel``.
-    depthwise_regularizer: for ``kernel``.
-    depthwise_constraint: for ``kernel``.
-    The other attributes are those of :class:`SeparableConv2D`, with the
-    ``bias_*`` ones applying to the ``(C * depth_multiplier,)`` bias.
+    depthwise_initializer: the initializer of ``kernel``.
+    depthwise_regularizer: the regularizer of ``kernel``.
+    depthwise_constraint: the constraint of ``kernel``.
+    bias_initializer: the initializer of the ``(C * depth_multiplier,)``
+      bias; ``bias_regularizer`` and ``bias_constraint`` apply to it too.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -302,30 +399,16 @@ class DepthwiseConv2D(_KerasConv):
     (1, 6, 6, 8)
   """
 
-  kernel_size: int | Sequence[int]
   strides: int | Sequence[int] = (1, 1)
-  padding: Any = "valid"
-  depth_multiplier: int = 1
-  data_format: Optional[str] = None
   dilation_rate: int | Sequence[int] = (1, 1)
-  activation: Any = None
-  use_bias: bool = True
-  depthwise_initializer: Any = "glorot_uniform"
-  bias_initializer: Any = "zeros"
-  depthwise_regularizer: Any = None
-  bias_regularizer: Any = None
-  activity_regularizer: Any = None
-  depthwise_constraint: Any = None
-  bias_constraint: Any = None
-  dtype: Optional[Any] = None
-  param_dtype: Any = jnp.float32
-  precision: _args.PrecisionLike = None
-  implementation: str = "auto"
-  padding_mode: str = "zeros"
 
-  _rank: ClassVar[int] = 2
-  _FAMILY: ClassVar[_layers.Family] = _layers.DEPTHWISE
+  RANK: ClassVar[int] = 2
 
+
+#: Every linen layer; those whose family names a Keras class for their rank
+#: have a Keras counterpart.
+LAYERS = (SeparableConv1D, SeparableConv2D, SeparableConv3D, DepthwiseConv1D,
+          DepthwiseConv2D)
 
 SeparableConvolution1D = SeparableConv1D
 SeparableConvolution2D = SeparableConv2D

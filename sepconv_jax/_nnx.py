@@ -7,9 +7,22 @@ from typing import Any, ClassVar, Optional, Sequence
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.typing import Dtype
+from flax.typing import LaxPadding
+from flax.typing import PrecisionLike
 
+from sepconv_jax import _activations
 from sepconv_jax import _args
+from sepconv_jax import _constraints
+from sepconv_jax import _initializers
+from sepconv_jax import _keras_config
 from sepconv_jax import _layers
+from sepconv_jax import _regularizers
+
+ActivationLike = _activations.ActivationLike
+ConstraintLike = _constraints.ConstraintLike
+InitializerLike = _initializers.InitializerLike
+RegularizerLike = _regularizers.RegularizerLike
 
 # Flax >= 0.12 records sown values only inside `nnx.capture`, which marks
 # every module it captures with a `__captures__` attribute.
@@ -31,30 +44,34 @@ class Losses(nnx.Intermediate):
   """
 
 
-def _store_arguments(layer: nnx.Module, arguments: dict[str, Any]) -> None:
-  """Stores a constructor's Keras arguments as the layer's attributes."""
-  for name, value in arguments.items():
-    if name not in ("self", "in_channels", "rngs", "__class__"):
-      setattr(layer, name, value)
-
-
 class _KerasConv(nnx.Module):
   """What the Keras-style NNX layers share.
 
-  The constructor of a subclass stores the Keras arguments as attributes,
-  then calls `_build`, which validates them (so bad arguments fail at
-  construction, as in Keras), normalises them and creates the params with
-  Keras's names.
+  The constructor of a subclass stores its arguments as attributes, then
+  calls `_build`, which validates them (so bad arguments fail at
+  construction, as in Keras), normalises them, resolves them once and
+  creates the params with Keras's names. Setting an argument afterwards
+  makes the layer resolve its arguments again when next called.
   """
 
-  _rank: ClassVar[int]
-  _FAMILY: ClassVar[_layers.Family]
+  #: The number of spatial dims.
+  RANK: ClassVar[int]
+  #: The layer's weights, their names and shapes, and its Keras peers.
+  FAMILY: ClassVar[_layers.Family]
+
+  def _store(self, arguments: dict[str, Any]) -> None:
+    """Stores a constructor's arguments (its ``locals()``) as attributes."""
+    for name, value in arguments.items():
+      if name not in ("self", "in_channels", "rngs", "__class__"):
+        setattr(self, name, value)
 
   def _build(self, in_channels: int, rngs: nnx.Rngs) -> None:
     in_channels = _args.positive_int(in_channels, "in_channels")
-    cfg = self._config()
+    if self.name is not None and not isinstance(self.name, str):
+      raise TypeError(f"`name` (={self.name!r}) must be a str or None")
+    cfg = self._resolve()
     # Hashable, normalised attributes: nnx keeps them in the graph's static
-    # part, and `_config` re-reads them on each call.
+    # part.
     self.kernel_size = cfg.kernel_size
     self.strides = cfg.spec.strides
     self.dilation_rate = cfg.spec.dilation_rate
@@ -63,14 +80,23 @@ class _KerasConv(nnx.Module):
     self.data_format = (_args.CHANNELS_LAST if cfg.spec.channels_last
                         else _args.CHANNELS_FIRST)
     self.in_channels = in_channels
-    params = _layers.initial_params(cfg, self._FAMILY, in_channels,
+    params = _layers.initial_params(cfg, self.FAMILY, in_channels,
                                     self.use_bias, rngs.params(),
                                     self.param_dtype)
-    for w, name in self._FAMILY.param_names.items():
+    for w, name in self.FAMILY.param_names.items():
       setattr(self, name, nnx.Param(params[w]) if w in params else None)
+    self._resolved = _layers.Resolved(cfg)
+
+  def __setattr__(self, name: str, value: Any) -> None:
+    super().__setattr__(name, value)
+    if name in self._ARGUMENTS and "_resolved" in vars(self):
+      super().__setattr__("_resolved", _layers.Resolved())
+
+  def _resolve(self) -> _layers.Config:
+    return _layers.layer_config(self, self.RANK, self.FAMILY)
 
   def _config(self) -> _layers.Config:
-    return _layers.layer_config(self, self._rank, self._FAMILY)
+    return self._resolved.get(self._resolve)
 
   def __call__(self, inputs: jax.typing.ArrayLike) -> jax.Array:
     """Applies the layer; see the linen layer of the same name.
@@ -81,10 +107,10 @@ class _KerasConv(nnx.Module):
     cfg = self._config()
     x = _args.as_array(inputs, "inputs")
     leading, channels = _layers.input_channels(cfg, x)
-    shapes = self._FAMILY.param_shapes(cfg, channels, self.use_bias)
+    shapes = self.FAMILY.param_shapes(cfg, channels, self.use_bias)
     params = {}
     for w, shape in shapes.items():
-      name = self._FAMILY.param_names[w]
+      name = self.FAMILY.param_names[w]
       params[w] = getattr(self, name)[...]
       _layers.check_param_shape(name, jnp.shape(params[w]), shape, x.shape)
     y = _layers.forward(cfg, x, params, dtype=self.dtype,
@@ -104,17 +130,53 @@ class _KerasConv(nnx.Module):
 
   def keras_constraints(self) -> dict[str, Any]:
     """The constraint of each param that has one, by param name."""
-    return _layers.constraints(self._config(), self._FAMILY, self.use_bias)
+    return _layers.constraints(self._config(), self.FAMILY, self.use_bias)
 
   def compute_output_shape(self, input_shape: Sequence[Any]) -> tuple:
     """The output shape for `input_shape`; None sizes stay None."""
-    return _layers.output_shape(self._config(), self._FAMILY, input_shape)
+    return _layers.output_shape(self._config(), self.FAMILY, input_shape)
+
+
+class _KerasPeer:
+  """The Keras interop of the NNX layers that have a Keras counterpart."""
+
+  @classmethod
+  def from_keras_config(cls, config: dict[str, Any], *, in_channels: int,
+                        rngs: nnx.Rngs, allow_frozen: bool = False) -> Any:
+    """Builds the layer from its Keras counterpart's ``get_config()``.
+
+    As the linen layer's ``from_keras_config`` (see
+    :meth:`sepconv_jax.SeparableConv2D.from_keras_config`), with what the
+    NNX constructor needs besides. The Keras ``name`` becomes the layer's
+    ``name`` attribute.
+
+    Args:
+      config: the Keras 3 config.
+      in_channels: the input's channel count.
+      rngs: the `nnx.Rngs` that the initializers draw from.
+      allow_frozen: accept ``"trainable": False``.
+
+    Returns:
+      The layer, with freshly drawn params.
+    """
+    return _keras_config.from_keras_config(
+        cls, config, allow_frozen=allow_frozen, in_channels=in_channels,
+        rngs=rngs)
+
+  def to_keras_config(self) -> dict[str, Any]:
+    """The config for the Keras counterpart's ``from_config``.
+
+    See :meth:`sepconv_jax.SeparableConv2D.to_keras_config`.
+    """
+    return _keras_config.to_keras_config(self, self._config())
 
 
 class _SeparableConv(_KerasConv):
   """The separable NNX layers of every rank."""
 
-  _FAMILY: ClassVar[_layers.Family] = _layers.SEPARABLE
+  FAMILY: ClassVar[_layers.Family] = _layers.SEPARABLE
+  _ARGUMENTS: ClassVar[frozenset] = frozenset(
+      _layers.keras_arguments(_layers.SEPARABLE) + _layers.EXTRA_ARGUMENTS)
 
   def __init__(
       self,
@@ -123,68 +185,50 @@ class _SeparableConv(_KerasConv):
       kernel_size: int | Sequence[int],
       *,
       strides: int | Sequence[int] = 1,
-      padding: Any = "valid",
+      padding: LaxPadding = "valid",
       data_format: Optional[str] = None,
       dilation_rate: int | Sequence[int] = 1,
       depth_multiplier: int = 1,
-      activation: Any = None,
+      activation: ActivationLike = None,
       use_bias: bool = True,
-      depthwise_initializer: Any = "glorot_uniform",
-      pointwise_initializer: Any = "glorot_uniform",
-      bias_initializer: Any = "zeros",
-      depthwise_regularizer: Any = None,
-      pointwise_regularizer: Any = None,
-      bias_regularizer: Any = None,
-      activity_regularizer: Any = None,
-      depthwise_constraint: Any = None,
-      pointwise_constraint: Any = None,
-      bias_constraint: Any = None,
-      dtype: Optional[Any] = None,
-      param_dtype: Any = jnp.float32,
-      precision: _args.PrecisionLike = None,
+      depthwise_initializer: InitializerLike = "glorot_uniform",
+      pointwise_initializer: InitializerLike = "glorot_uniform",
+      bias_initializer: InitializerLike = "zeros",
+      depthwise_regularizer: RegularizerLike = None,
+      pointwise_regularizer: RegularizerLike = None,
+      bias_regularizer: RegularizerLike = None,
+      activity_regularizer: RegularizerLike = None,
+      depthwise_constraint: ConstraintLike = None,
+      pointwise_constraint: ConstraintLike = None,
+      bias_constraint: ConstraintLike = None,
+      dtype: Optional[Dtype] = None,
+      param_dtype: Dtype = jnp.float32,
+      precision: PrecisionLike = None,
       implementation: str = "auto",
       padding_mode: str = "zeros",
+      name: Optional[str] = None,
       rngs: nnx.Rngs,
   ):
     """Builds the layer and its params.
 
+    The arguments but `in_channels`, `name` and `rngs` are the attributes
+    of the linen layer of the same name (see
+    :class:`sepconv_jax.SeparableConv2D`), with the same defaults.
+
     Args:
       in_channels: the input's channel count (NNX creates params eagerly).
-      filters: see :class:`sepconv_jax.SeparableConv2D`, whose attributes
-        these arguments are, with the same defaults.
-      kernel_size: likewise.
-      strides: likewise.
-      padding: likewise.
-      data_format: likewise.
-      dilation_rate: likewise.
-      depth_multiplier: likewise.
-      activation: likewise.
-      use_bias: likewise.
-      depthwise_initializer: likewise.
-      pointwise_initializer: likewise.
-      bias_initializer: likewise.
-      depthwise_regularizer: likewise.
-      pointwise_regularizer: likewise.
-      bias_regularizer: likewise.
-      activity_regularizer: likewise.
-      depthwise_constraint: likewise.
-      pointwise_constraint: likewise.
-      bias_constraint: likewise.
-      dtype: likewise.
-      param_dtype: likewise.
-      precision: likewise.
-      implementation: likewise.
-      padding_mode: likewise.
+      name: the Keras layer name, if any: NNX modules have no name of their
+        own, and ``to_keras_config`` writes it back.
       rngs: the `nnx.Rngs` that the initializers draw from.
 
     Raises:
       TypeError, ValueError: naming the first bad argument.
     """
-    _store_arguments(self, locals())
+    self._store(locals())
     self._build(in_channels, rngs)
 
 
-class SeparableConv1D(_SeparableConv):
+class SeparableConv1D(_SeparableConv, _KerasPeer):
   """NNX counterpart of :class:`sepconv_jax.SeparableConv1D`.
 
   Example:
@@ -197,10 +241,10 @@ class SeparableConv1D(_SeparableConv):
     (2, 10, 8)
   """
 
-  _rank: ClassVar[int] = 1
+  RANK: ClassVar[int] = 1
 
 
-class SeparableConv2D(_SeparableConv):
+class SeparableConv2D(_SeparableConv, _KerasPeer):
   """NNX counterpart of :class:`sepconv_jax.SeparableConv2D`.
 
   The params ``depthwise_kernel``, ``pointwise_kernel`` and ``bias`` have the
@@ -218,16 +262,80 @@ class SeparableConv2D(_SeparableConv):
     (2, 16, 16, 8)
   """
 
-  _rank: ClassVar[int] = 2
+  RANK: ClassVar[int] = 2
 
 
 class SeparableConv3D(_SeparableConv):
   """NNX counterpart of :class:`sepconv_jax.SeparableConv3D`."""
 
-  _rank: ClassVar[int] = 3
+  RANK: ClassVar[int] = 3
 
 
-class DepthwiseConv2D(_KerasConv):
+class _DepthwiseConv(_KerasConv):
+  """The depthwise NNX layers of every rank."""
+
+  FAMILY: ClassVar[_layers.Family] = _layers.DEPTHWISE
+  _ARGUMENTS: ClassVar[frozenset] = frozenset(
+      _layers.keras_arguments(_layers.DEPTHWISE) + _layers.EXTRA_ARGUMENTS)
+
+  def __init__(
+      self,
+      in_channels: int,
+      kernel_size: int | Sequence[int],
+      *,
+      strides: int | Sequence[int] = 1,
+      padding: LaxPadding = "valid",
+      depth_multiplier: int = 1,
+      data_format: Optional[str] = None,
+      dilation_rate: int | Sequence[int] = 1,
+      activation: ActivationLike = None,
+      use_bias: bool = True,
+      depthwise_initializer: InitializerLike = "glorot_uniform",
+      bias_initializer: InitializerLike = "zeros",
+      depthwise_regularizer: RegularizerLike = None,
+      bias_regularizer: RegularizerLike = None,
+      activity_regularizer: RegularizerLike = None,
+      depthwise_constraint: ConstraintLike = None,
+      bias_constraint: ConstraintLike = None,
+      dtype: Optional[Dtype] = None,
+      param_dtype: Dtype = jnp.float32,
+      precision: PrecisionLike = None,
+      implementation: str = "auto",
+      padding_mode: str = "zeros",
+      name: Optional[str] = None,
+      rngs: nnx.Rngs,
+  ):
+    """Builds the layer and its params.
+
+    The arguments but `in_channels`, `name` and `rngs` are the attributes
+    of the linen layer of the same name (see
+    :class:`sepconv_jax.DepthwiseConv2D`), with the same defaults; the
+    other three are those of the separable NNX layers.
+
+    Raises:
+      TypeError, ValueError: naming the first bad argument.
+    """
+    self._store(locals())
+    self._build(in_channels, rngs)
+
+
+class DepthwiseConv1D(_DepthwiseConv, _KerasPeer):
+  """NNX counterpart of :class:`sepconv_jax.DepthwiseConv1D`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> import sepconv_jax
+    >>> layer = sepconv_jax.nnx.DepthwiseConv1D(4, 3, depth_multiplier=2,
+    ...                                         rngs=nnx.Rngs(0))
+    >>> layer.kernel.shape, layer(jnp.ones((2, 10, 4))).shape
+    ((3, 4, 2), (2, 8, 8))
+  """
+
+  RANK: ClassVar[int] = 1
+
+
+class DepthwiseConv2D(_DepthwiseConv, _KerasPeer):
   """NNX counterpart of :class:`sepconv_jax.DepthwiseConv2D`.
 
   Example:
@@ -240,64 +348,4 @@ class DepthwiseConv2D(_KerasConv):
     ((3, 3, 4, 2), (8,))
   """
 
-  _rank: ClassVar[int] = 2
-  _FAMILY: ClassVar[_layers.Family] = _layers.DEPTHWISE
-
-  def __init__(
-      self,
-      in_channels: int,
-      kernel_size: int | Sequence[int],
-      *,
-      strides: int | Sequence[int] = 1,
-      padding: Any = "valid",
-      depth_multiplier: int = 1,
-      data_format: Optional[str] = None,
-      dilation_rate: int | Sequence[int] = 1,
-      activation: Any = None,
-      use_bias: bool = True,
-      depthwise_initializer: Any = "glorot_uniform",
-      bias_initializer: Any = "zeros",
-      depthwise_regularizer: Any = None,
-      bias_regularizer: Any = None,
-      activity_regularizer: Any = None,
-      depthwise_constraint: Any = None,
-      bias_constraint: Any = None,
-      dtype: Optional[Any] = None,
-      param_dtype: Any = jnp.float32,
-      precision: _args.PrecisionLike = None,
-      implementation: str = "auto",
-      padding_mode: str = "zeros",
-      rngs: nnx.Rngs,
-  ):
-    """Builds the layer and its params.
-
-    Args:
-      in_channels: the input's channel count (NNX creates params eagerly).
-      kernel_size: see :class:`sepconv_jax.DepthwiseConv2D`, whose
-        attributes these arguments are, with the same defaults.
-      strides: likewise.
-      padding: likewise.
-      depth_multiplier: likewise.
-      data_format: likewise.
-      dilation_rate: likewise.
-      activation: likewise.
-      use_bias: likewise.
-      depthwise_initializer: likewise.
-      bias_initializer: likewise.
-      depthwise_regularizer: likewise.
-      bias_regularizer: likewise.
-      activity_regularizer: likewise.
-      depthwise_constraint: likewise.
-      bias_constraint: likewise.
-      dtype: likewise.
-      param_dtype: likewise.
-      precision: likewise.
-      implementation: likewise.
-      padding_mode: likewise.
-      rngs: the `nnx.Rngs` that the initializers draw from.
-
-    Raises:
-      TypeError, ValueError: naming the first bad argument.
-    """
-    _store_arguments(self, locals())
-    self._build(in_channels, rngs)
+  RANK: ClassVar[int] = 2

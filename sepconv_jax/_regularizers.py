@@ -1,16 +1,20 @@
-"""Keras regularizers, and the sum of the penalties a model has sown."""
+"""Keras regularizers, their Keras configs, and the sum of sown penalties."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Union
 
 import jax
 import jax.numpy as jnp
 
 from sepconv_jax import _args
+from sepconv_jax import _keras_serial
 
 Regularizer = Callable[[jax.Array], jax.Array]
+
+#: What a ``*_regularizer`` argument accepts.
+RegularizerLike = Optional[Union[str, Regularizer]]
 
 #: The Flax collection that the layers sow their penalties into.
 LOSSES = "losses"
@@ -62,7 +66,7 @@ _TABLE = {
 NAMES: tuple[str, ...] = tuple(sorted(_TABLE))
 
 
-def get(identifier: Any, name: str) -> Optional[Regularizer]:
+def get(identifier: RegularizerLike, name: str) -> Optional[Regularizer]:
   """Resolves a regularizer: None, a callable, or a Keras name.
 
   Raises:
@@ -71,6 +75,60 @@ def get(identifier: Any, name: str) -> Optional[Regularizer]:
   """
   return _args.lookup(identifier, _TABLE, name, "regularizer",
                       allow_none=True)
+
+
+# The Keras classes, by name; each dataclass's fields are its Keras config,
+# its field defaults Keras's.
+_KERAS_CLASSES = {"L1": L1, "L2": L2, "L1L2": L1L2}
+
+
+def from_keras(value: Any, name: str) -> RegularizerLike:
+  """A Keras config's regularizer (None, a name or a serialized dict) -> ours.
+
+  Names pass through: the layer resolves them as Keras does.
+
+  Raises:
+    ValueError: for a class other than L1, L2 and L1L2 (such as
+      ``OrthogonalRegularizer``), unknown config keys, or factors that are
+      not numbers.
+  """
+  if value is None or isinstance(value, str):
+    return value
+  if not isinstance(value, Mapping):
+    raise ValueError(
+        f"`{name}` (={value!r}) must be None, a regularizer name or a"
+        " serialized Keras regularizer (a dict)"
+    )
+  class_name, config = _keras_serial.read(value, name, "regularizer",
+                                          _KERAS_CLASSES)
+  defaults = _keras_serial.field_defaults(_KERAS_CLASSES[class_name])
+  config = _keras_serial.with_defaults(config, defaults, name, class_name)
+  # Keras reads None as the default (0.01 for L1 and L2, 0 for L1L2).
+  config = {k: defaults[k] if v is None else v for k, v in config.items()}
+  _keras_serial.check_real(config, list(config), name, class_name)
+  return _KERAS_CLASSES[class_name](**{k: float(v) for k, v in config.items()})
+
+
+def to_keras(value: RegularizerLike, name: str) -> Optional[dict]:
+  """Our regularizer -> a serialized Keras regularizer (None stays None).
+
+  Raises:
+    ValueError: for a function: only names and :class:`L1`, :class:`L2` and
+      :class:`L1L2` have a Keras config.
+  """
+  if value is None:
+    return None
+  if isinstance(value, str):
+    value = get(value, name)
+  for class_name, cls in _KERAS_CLASSES.items():
+    if type(value) is cls:  # pylint: disable=unidiomatic-typecheck
+      return _keras_serial.keras_object("keras.regularizers", class_name,
+                                        dataclasses.asdict(value))
+  raise ValueError(
+      f"`{name}` (={value!r}) cannot be written as a Keras config: only"
+      " None, regularizer names and sepconv_jax.regularizers.L1, L2 and L1L2"
+      " can be"
+  )
 
 
 def regularization_loss(collections: Mapping[str, Any]) -> jax.Array:

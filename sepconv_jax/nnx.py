@@ -5,6 +5,7 @@ eagerly with the linen layer's (and Keras's) names and shapes, and sows its
 regularization penalties as :class:`Losses`.
 """
 
+from sepconv_jax._nnx import DepthwiseConv1D
 from sepconv_jax._nnx import DepthwiseConv2D
 from sepconv_jax._nnx import Losses
 from sepconv_jax._nnx import SeparableConv1D
@@ -12,6 +13,7 @@ from sepconv_jax._nnx import SeparableConv2D
 from sepconv_jax._nnx import SeparableConv3D
 
 __all__ = (
+    "DepthwiseConv1D",
     "DepthwiseConv2D",
     "Losses",
     "SeparableConv1D",

@@ -26,7 +26,7 @@ from flax import linen as nn
 
 import sepconv_jax
 from sepconv_jax import SeparableConv2D
-from sepconv_jax._keras_interop import KerasInitializer
+from sepconv_jax._initializers import KerasInitializer
 
 L = keras.layers
 I = keras.initializers
@@ -564,31 +564,64 @@ def test_to_keras_config_errors(kwargs, match):
 def test_params_from_keras_errors():
   dk, pk, b = (np.ones((3, 3, 2, 3), np.float32),
                np.ones((1, 1, 6, 4), np.float32), np.ones((4,), np.float32))
-  with pytest.raises(ValueError, match=r"`weights` \(=1 arrays of shapes"
-                     r" \[\(3, 3, 2, 3\)\]\) must hold 2 or 3 arrays"):
-    sepconv_jax.params_from_keras([dk])
-  with pytest.raises(ValueError, match=r"must hold 3 arrays.*use_bias=True"):
+  with pytest.raises(ValueError, match=(
+      r"`weights` \(=4 arrays of shapes \[\(3, 3, 2, 3\), \(1, 1, 6, 4\),"
+      r" \(4,\), \(4,\)\]\) must be, in the order of Keras's get_weights\(\),"
+      r" a separable layer's \[depthwise_kernel, pointwise_kernel\(, bias\)\]"
+      r" or a depthwise layer's \[kernel\(, bias\)\]")):
+    sepconv_jax.params_from_keras([dk, pk, b, b])
+  with pytest.raises(ValueError, match=(
+      r"`pointwise_kernel` \(weights\[1\], shape=\(1, 4\)\) has rank 2, but"
+      r" rank 4 is needed")):
+    sepconv_jax.params_from_keras([dk, np.ones((1, 4), np.float32)])
+  with pytest.raises(ValueError, match=r"`weights` \(=2 arrays .* must be,"):
+    sepconv_jax.params_from_keras([np.ones((3, 4), np.float32), dk])
+  with pytest.raises(ValueError, match=r"`weights` \(=0 arrays .* must be,"):
+    sepconv_jax.params_from_keras([])
+  with pytest.raises(ValueError, match=(
+      r"must hold 3 arrays, in the order of Keras's get_weights\(\):"
+      r" depthwise_kernel, pointwise_kernel, bias \(use_bias=True\)")):
     sepconv_jax.params_from_keras([dk, pk],
                                   module=SeparableConv2D(4, 3,
                                                          depth_multiplier=3))
   with pytest.raises(ValueError, match=(
-      r"`pointwise_kernel` \(weights\[1\]\) has the wrong shape: expected"
-      r" shape \(1, 1, 6, \?\), got shape \(1, 1, 2, 4\)")):
+      r"must hold 1 arrays, in the order of Keras's get_weights\(\): kernel"
+      r" \(use_bias=False\)")):
+    sepconv_jax.params_from_keras(
+        [dk, np.ones(6, np.float32)],
+        module=sepconv_jax.DepthwiseConv2D(3, 3, use_bias=False))
+  with pytest.raises(ValueError, match=(
+      r"`pointwise_kernel` \(weights\[1\], shape=\(1, 1, 2, 4\)\) does not"
+      r" fit: expected shape \(1, 1, 6, \?\), Keras's \(1 per spatial dim,"
+      r" in_channels \* depth_multiplier, filters\) with the weights'"
+      r" kernel_size=\(3, 3\), in_channels=2, depth_multiplier=3,"
+      r" filters=\?$")):
     sepconv_jax.params_from_keras([dk, np.ones((1, 1, 2, 4), np.float32)])
   with pytest.raises(ValueError, match=(
-      r"`bias` \(weights\[2\]\) has the wrong shape: expected shape \(4,\),"
-      r" got shape \(5,\)")):
+      r"`bias` \(weights\[2\], shape=\(5,\)\) does not fit: expected shape"
+      r" \(4,\), Keras's \(filters,\) with the weights' .* filters=4$")):
     sepconv_jax.params_from_keras([dk, pk, np.ones(5, np.float32)])
   with pytest.raises(ValueError, match=(
-      r"`depthwise_kernel` \(weights\[0\]\) has the wrong shape: expected"
-      r" shape \(5, 5, \?, 3\), got shape \(3, 3, 2, 3\)")):
+      r"`depthwise_kernel` \(weights\[0\], shape=\(3, 3, 2, 3\)\) does not"
+      r" fit: expected shape \(5, 5, \?, 3\), Keras's \(\*kernel_size,"
+      r" in_channels, depth_multiplier\) with the module's"
+      r" kernel_size=\(5, 5\), in_channels=\?, depth_multiplier=3,"
+      r" filters=4$")):
     sepconv_jax.params_from_keras(
         [dk, pk, b], module=SeparableConv2D(4, 5, depth_multiplier=3))
   with pytest.raises(ValueError, match=(
-      r"`pointwise_kernel` \(weights\[1\]\) has the wrong shape: expected"
-      r" shape \(1, 1, 6, 8\), got shape \(1, 1, 6, 4\)")):
+      r"`pointwise_kernel` \(weights\[1\], shape=\(1, 1, 6, 4\)\) does not"
+      r" fit: expected shape \(1, 1, 6, 8\),")):
     sepconv_jax.params_from_keras(
         [dk, pk, b], module=SeparableConv2D(8, 3, depth_multiplier=3))
+  with pytest.raises(ValueError, match=(
+      r"`pointwise_kernel` \(weights\[1\], shape=\(1, 6, 4\)\) has rank 3,"
+      r" but rank 4 is needed: expected shape \(1, 1, 6, \?\)")):
+    sepconv_jax.params_from_keras([dk, np.ones((1, 6, 4), np.float32), b])
+  with pytest.raises(ValueError, match=(
+      r"`bias` \(weights\[1\], shape=\(3,\)\) does not fit: expected shape"
+      r" \(6,\), Keras's \(in_channels \* depth_multiplier,\)")):
+    sepconv_jax.params_from_keras([dk, np.ones(3, np.float32)])
   with pytest.raises(ValueError, match=(
       r"`bias` \(weights\[2\], dtype=int32, shape=\(4,\)\) must be a"
       r" floating-point array")):
@@ -617,8 +650,20 @@ def test_params_to_keras_errors():
   with pytest.raises(ValueError, match=r"missing: \['bias'\]"):
     sepconv_jax.params_to_keras(params, module=SeparableConv2D(4, 3))
   with pytest.raises(ValueError, match=(
-      r"`pointwise_kernel` \(params\['pointwise_kernel'\]\) has the wrong"
-      r" shape: expected shape \(1, 1, 2, \?\), got shape \(1, 1, 3, 4\)")):
+      r"`params` \(keys=\['bias', 'kernel'\]\) must hold kernel and, if the"
+      r" layer has"
+      r" one, bias; unknown: \['bias'\]")):
+    sepconv_jax.params_to_keras(
+        {"kernel": jnp.ones((3, 3, 2, 1)), "bias": jnp.ones(2)},
+        module=sepconv_jax.DepthwiseConv2D(3, use_bias=False))
+  with pytest.raises(ValueError, match=(
+      r"`params` \(keys=\['bias', 'weights'\]\) must hold a separable layer's"
+      r" \[depthwise_kernel, pointwise_kernel\(, bias\)\] or a depthwise"
+      r" layer's \[kernel\(, bias\)\]")):
+    sepconv_jax.params_to_keras({"weights": jnp.ones(3), "bias": jnp.ones(3)})
+  with pytest.raises(ValueError, match=(
+      r"`pointwise_kernel` \(params\['pointwise_kernel'\], shape=\(1, 1, 3,"
+      r" 4\)\) does not fit: expected shape \(1, 1, 2, \?\)")):
     sepconv_jax.params_to_keras({**params,
                                  "pointwise_kernel": jnp.ones((1, 1, 3, 4))})
   with pytest.raises(TypeError, match=r"`params` \(a list\) must be a mapping"):
