@@ -30,7 +30,10 @@ PADDING_MODES = ("zeros", "reflect", "symmetric", "circular")
 
 #: The names accepted by every ``implementation=`` argument: "auto" picks
 #: one of the others per platform (`sepconv_jax._ops.auto_implementation`).
-IMPLEMENTATIONS = ("auto", "lax", "taps")
+IMPLEMENTATIONS = ("auto", "lax", "taps", "pallas")
+
+# The spatial ranks of the implementations that do not take every rank.
+_RANKS = {"pallas": (1, 2)}
 
 #: What ``precision=`` accepts: None, a `jax.lax.Precision`, its name, or a
 #: pair of them.
@@ -421,8 +424,9 @@ def lookup(identifier: Any, table: Mapping[str, Callable[[], Any]], name: str,
   return table[identifier]()
 
 
-def check_implementation(implementation: Any) -> None:
-  """Rejects an unknown ``implementation=`` argument."""
+def check_implementation(implementation: Any, rank: int | None = None
+                         ) -> None:
+  """Rejects an unknown ``implementation=``, or one that lacks `rank`."""
   if not isinstance(implementation, str):
     raise TypeError(
         f"`implementation` (={implementation!r}) must be one of"
@@ -432,6 +436,13 @@ def check_implementation(implementation: Any) -> None:
     raise ValueError(
         f"`implementation` (={implementation!r}) must be one of"
         f" {IMPLEMENTATIONS}"
+    )
+  ranks = _RANKS.get(implementation)
+  if rank is not None and ranks is not None and rank not in ranks:
+    raise ValueError(
+        f"`implementation` (={implementation!r}) supports"
+        f" {' and '.join(f'{r}-D' for r in ranks)} convolutions; this one"
+        f" is {rank}-D: use 'auto', 'lax' or 'taps'"
     )
 
 

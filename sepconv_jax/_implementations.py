@@ -25,14 +25,16 @@ from jax import lax
 
 from sepconv_jax import _args
 from sepconv_jax import _lax
+from sepconv_jax import _pallas
 from sepconv_jax import _taps_primitives
 
 
 class Implementation(NamedTuple):
-  """How one implementation computes the depthwise and pointwise steps."""
+  """How one implementation computes the depthwise and pointwise steps:
+  the two steps, or one `fused` call for both."""
 
-  depthwise: Callable[..., jax.Array]
-  pointwise: Callable[..., jax.Array]
+  depthwise: Optional[Callable[..., jax.Array]] = None
+  pointwise: Optional[Callable[..., jax.Array]] = None
   fused: Optional[Callable[..., jax.Array]] = None
 
 
@@ -42,6 +44,8 @@ REGISTRY: dict[str, Implementation] = {
     # Shifted taps + matmul, with their own derivatives: see `_taps`.
     "taps": Implementation(_taps_primitives.depthwise,
                            _taps_primitives.pointwise),
+    # One fused Pallas kernel per pass (GPU, TPU; interpreted on CPU).
+    "pallas": Implementation(fused=_pallas.fused),
 }
 assert set(_args.IMPLEMENTATIONS) == {"auto", *REGISTRY}, REGISTRY
 

@@ -64,7 +64,7 @@ def convolve(
   Without `pointwise_kernel` this is the depthwise step alone; `bias`, if
   given, is added to whichever step comes last.
   """
-  _args.check_implementation(implementation)
+  _args.check_implementation(implementation, spec.rank)
   _args.check_precision(precision)
   n = spec.rank
   x = _args.as_array(inputs, "inputs")

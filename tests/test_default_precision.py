@@ -27,15 +27,17 @@ import pytest
 import sepconv_jax
 
 try:
+  from tests import implementations
   from tests import reference as ref
   from tests import tolerances as tol
 except ImportError:  # tests/ itself on sys.path
+  import implementations
   import reference as ref
   import tolerances as tol
 
 pytestmark = pytest.mark.precision("default")
 
-CONCRETE = [i for i in sepconv_jax.IMPLEMENTATIONS if i != "auto"]
+CONCRETE = list(implementations.ALL)
 # (kh, kw) = (3, 3), C = 8, M = 2, F = 16: 9 taps, then 16 channels.
 KERNEL, C, M, F = (3, 3), 8, 2, 16
 CONV = dict(strides=1, padding="same", dilation_rate=1)

@@ -139,3 +139,7 @@ def test_function_modules_and_training_step_export(impl, platform):
       assert C in lowered.grouped_convolutions(text), (what, platform)
     if impl == "taps":  # asked for by name, taps runs anywhere
       assert "stablehlo.convolution" not in text, (what, platform)
+    if impl == "pallas":  # the kernels, compiled for the platform
+      assert {"cuda": "__gpu$xla.gpu.triton", "tpu": "tpu_custom_call"}[
+          platform] in lowered.custom_calls(text), (what, platform)
+      assert "stablehlo.convolution" not in text, (what, platform)

@@ -21,15 +21,16 @@ from jax.test_util import check_grads
 import sepconv_jax
 
 try:
+  from tests import implementations
   from tests import reference as ref
   from tests import reference_nd as ref_nd
 except ImportError:  # tests/ itself on sys.path
+  import implementations
   import reference as ref
   import reference_nd as ref_nd
 
 
-IMPLS = tuple(dict.fromkeys(
-    ("auto",) + tuple(getattr(sepconv_jax, "IMPLEMENTATIONS", ("lax",)))))
+IMPLS = ("auto",) + implementations.BROAD
 
 CL, CF = "channels_last", "channels_first"
 

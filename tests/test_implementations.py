@@ -34,14 +34,16 @@ from sepconv_jax import _taps_policy
 from sepconv_jax import _taps_primitives
 
 try:
+  from tests import implementations
   from tests import reference as ref
   from tests import reference_nd as ref_nd
 except ImportError:  # run from inside tests/
+  import implementations
   import reference as ref
   import reference_nd as ref_nd
 
-FAST = [i for i in sepconv_jax.IMPLEMENTATIONS if i not in ("auto", "lax")]
-ALL = [i for i in sepconv_jax.IMPLEMENTATIONS if i != "auto"]
+FAST = [i for i in implementations.BROAD if i != "lax"]
+ALL = list(implementations.BROAD)
 
 # (strides, dilation_rate, kernel (kh, kw), depth multiplier): strides and
 # dilation never both exceed 1 (the Keras rule).

@@ -1,6 +1,7 @@
 """Numerics: gradients, low precision, precision=HIGHEST, NaN/Inf, determinism.
 
-Every test runs under every name in ``sepconv_jax.IMPLEMENTATIONS``.
+Every test runs under "auto" and every implementation of
+``tests/implementations.py``'s `BROAD`.
 
 Promises checked here (and stated in the README):
 
@@ -54,14 +55,16 @@ import sepconv_jax
 
 try:
   from tests import conftest_hypothesis as hyp
+  from tests import implementations
   from tests import lowered
   from tests import reference as ref
 except ImportError:  # tests/ itself on sys.path
   import conftest_hypothesis as hyp
+  import implementations
   import lowered
   import reference as ref
 
-IMPLS = tuple(dict.fromkeys(("auto",) + tuple(sepconv_jax.IMPLEMENTATIONS)))
+IMPLS = ("auto",) + implementations.BROAD
 # "auto" runs one of these (checked by test_auto_is_one_of_the_implementations),
 # so the expensive tests run each concrete implementation once.
 CONCRETE = tuple(i for i in IMPLS if i != "auto")
@@ -505,9 +508,7 @@ dk = rng.standard_normal((3, 3, 16, 2)).astype(np.float32)
 pk = rng.standard_normal((1, 1, 32, 24)).astype(np.float32)
 b = rng.standard_normal((24,)).astype(np.float32)
 out = {}
-for impl in sepconv_jax.IMPLEMENTATIONS:
-  if impl == "auto":
-    continue
+for impl in sys.argv[1:]:
   f = jax.jit(lambda *a: sepconv_jax.separable_conv2d(
       *a, padding="same", implementation=impl))
   g = jax.jit(jax.grad(lambda *a: jnp.sum(jnp.sin(f(*a))),
@@ -524,9 +525,10 @@ def test_bit_identical_across_processes():
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   digests = []
   for _ in range(2):
-    proc = subprocess.run([sys.executable, "-c", _DETERMINISM_SCRIPT],
-                          capture_output=True, text=True, cwd=REPO, env=env,
-                          timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", _DETERMINISM_SCRIPT, *CONCRETE],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=300,
+        check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     digests.append(json.loads(proc.stdout.strip().splitlines()[-1]))
   assert set(digests[0]) == set(CONCRETE)

@@ -3,8 +3,8 @@
 Every example draws a whole configuration (kernel size, strides or dilation,
 padding, depth multiplier, filters, data format, leading batch dims, odd and
 tiny spatial sizes, input dtype, value scale and the implementation, from
-``sepconv_jax.IMPLEMENTATIONS`` so new implementations are covered as soon as
-they are registered) and checks the result against the independent float64
+``tests/implementations.py``'s `BROAD`, so new implementations are covered
+as soon as they are registered) and checks the result against the independent float64
 NumPy reference of ``tests/reference.py``.
 
 The tolerance is a forward-error bound, not a fudge factor: a float32 sum
@@ -40,12 +40,14 @@ import sepconv_jax
 
 try:
   from tests import conftest_hypothesis as hyp
+  from tests import implementations
   from tests import reference as ref
 except ImportError:  # tests/ itself on sys.path
   import conftest_hypothesis as hyp
+  import implementations
   import reference as ref
 
-IMPLS = tuple(dict.fromkeys(("auto",) + tuple(sepconv_jax.IMPLEMENTATIONS)))
+IMPLS = ("auto",) + implementations.BROAD
 CL, CF = "channels_last", "channels_first"
 EPS32 = float(np.finfo(np.float32).eps)
 

@@ -10,7 +10,8 @@
 * jax.jit with the module as a static argument: equal modules share one
   compiled program; a different configuration gets its own.
 
-Every test runs under every name in ``sepconv_jax.IMPLEMENTATIONS``.
+Every test runs under "auto" and every implementation of
+``tests/implementations.py``'s `BROAD`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,12 @@ import pytest
 
 import sepconv_jax
 
-IMPLS = tuple(dict.fromkeys(("auto",) + tuple(sepconv_jax.IMPLEMENTATIONS)))
+try:
+  from tests import implementations
+except ImportError:  # tests/ itself on sys.path
+  import implementations
+
+IMPLS = ("auto",) + implementations.BROAD
 # "auto" runs one of these bit for bit (tests/test_numerics.py), so the
 # costlier tests run the concrete implementations only.
 CONCRETE = tuple(i for i in IMPLS if i != "auto")

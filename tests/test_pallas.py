@@ -1,0 +1,370 @@
+"""The fused Pallas kernels: ``implementation="pallas"``.
+
+On CPU the kernels run in Pallas's interpreter (the same kernel code the
+GPU compiles), so every test here checks the kernels' arithmetic; the
+exports check what a GPU and a TPU would compile:
+
+* outputs and the gradients of the input, both kernels and the bias
+  against the float64 reference and "lax", over the core grid (strides,
+  dilations, paddings and padding modes, multipliers, formats, odd sizes,
+  bias or none, 1-D), for the separable layer and the depthwise step;
+* the TPU form of the kernels, interpreted, on the same kind of grid;
+* every transform: jit, vmap (input batches run the kernels; per-example
+  gradients), grad, jvp, second order;
+* bfloat16 and float16 (float32 accumulation), and ``precision=`` on every
+  dot of every kernel;
+* `jax.export` for CUDA (Triton) and TPU (Mosaic) of the forward pass and a
+  training step at the canonical shapes: the module must call the kernels
+  and hold no convolution, so a silent fallback to XLA fails.
+
+Shapes are small: every compile of an interpreted kernel takes seconds.
+Tolerances are the exact-float32 ones (the suite runs at "highest").
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax import lax
+
+import sepconv_jax
+from sepconv_jax import _pallas
+from sepconv_jax import _pallas_layout
+
+try:
+  from tests import lowered
+  from tests import reference_nd as ref_nd
+except ImportError:  # tests/ itself on sys.path
+  import lowered
+  import reference_nd as ref_nd
+
+CL, CF = "channels_last", "channels_first"
+
+
+def _arrays(seed, spatial, c, window, m, f, fmt=CL, dtype=np.float32):
+  rng = np.random.default_rng(seed)
+  rank = len(spatial)
+  x = rng.standard_normal((2, *spatial, c) if fmt == CL else (2, c, *spatial))
+  dk = rng.standard_normal((*window, c, m)) / np.sqrt(np.prod(window))
+  pk = rng.standard_normal((*(1,) * rank, c * m, f)) / np.sqrt(c * m)
+  b = rng.standard_normal((f,))
+  db = rng.standard_normal((c * m,))
+  return tuple(np.asarray(a, dtype) for a in (x, dk, pk, b, db))
+
+
+def _close(got, want, what, rtol=2e-5):
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  assert got.shape == want.shape, (what, got.shape, want.shape)
+  scale = max(1.0, float(np.max(np.abs(want), initial=0.0)))
+  np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale,
+                             err_msg=what)
+
+
+# (spatial, window, strides, dilation, padding, padding_mode, M, format,
+#  bias): strides and dilation never both above 1.
+_GRID = [
+    ((9, 8), (3, 3), 1, 1, "same", "zeros", 1, CL, True),
+    ((9, 11), (3, 3), 2, 1, "same", "zeros", 2, CF, True),
+    ((10, 9), (3, 2), (1, 2), 1, "valid", "zeros", 3, CL, False),
+    ((8, 7), (3, 3), 1, 2, "same", "zeros", 1, CF, True),
+    ((7, 9), (2, 3), 2, 1, ((2, 0), (1, 3)), "reflect", 1, CL, True),
+    ((11,), (3,), 1, 2, "causal", "zeros", 2, CL, True),
+    ((5, 6), (5, 4), 3, 1, ((4, 5), (0, 2)), "zeros", 1, CF, False),
+]
+
+
+def _id(case):
+  spatial, window, s, d, padding, mode, m, fmt, bias = case
+  return (f"{'x'.join(map(str, spatial))}-k{'x'.join(map(str, window))}"
+          f"-s{s}-d{d}-{padding}-{mode}-m{m}-{fmt[9:]}"
+          f"{'-bias' if bias else ''}")
+
+
+@pytest.mark.parametrize("case", _GRID, ids=_id)
+def test_outputs_and_gradients_match_float64_and_lax(case):
+  spatial, window, strides, dilation, padding, mode, m, fmt, bias = case
+  rank = len(spatial)
+  x, dk, pk, b, db = _arrays(len(spatial) * 7 + m, spatial, 3, window, m, 4,
+                             fmt)
+  if not bias:
+    b = db = None
+  kw = dict(strides=strides, dilation_rate=dilation, padding=padding,
+            padding_mode=mode, data_format=fmt)
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def run(impl, x, dk, pk, b, db, ct, ct_dw):
+    sep = lambda *a: sepconv_jax.separable_conv(*a, **kw,
+                                                implementation=impl)
+    dw = lambda *a: sepconv_jax.depthwise_conv(*a, **kw, implementation=impl)
+    y, pull = jax.vjp(sep, x, dk, pk, b)
+    d, pull_dw = jax.vjp(dw, x, dk, db)
+    return y, pull(ct), d, pull_dw(ct_dw)
+
+  y_shape = jax.eval_shape(lambda *a: sepconv_jax.separable_conv(*a, **kw),
+                           x, dk, pk, b).shape
+  d_shape = jax.eval_shape(lambda *a: sepconv_jax.depthwise_conv(*a, **kw),
+                           x, dk, db).shape
+  rng = np.random.default_rng(1)
+  ct = rng.standard_normal(y_shape).astype(np.float32)
+  ct_dw = rng.standard_normal(d_shape).astype(np.float32)
+  got = run("pallas", x, dk, pk, b, db, ct, ct_dw)
+  want = run("lax", x, dk, pk, b, db, ct, ct_dw)
+
+  # The float64 reference, from the definition.
+  last = fmt == CL
+  s_ = (strides,) * rank if isinstance(strides, int) else strides
+  d_ = (dilation,) * rank if isinstance(dilation, int) else dilation
+  ref_y = ref_nd.separable(x, dk, pk, b, s_, padding, d_, last, mode)
+  ref_d = ref_nd.depthwise(x, dk, s_, padding, d_, last, mode)
+  if db is not None:
+    ref_d = ref_d + (db if last else db.reshape((-1,) + (1,) * rank))
+  _close(got[0], ref_y, "output vs float64")
+  _close(got[2], ref_d, "depthwise output vs float64")
+  names = ("inputs", "depthwise_kernel", "pointwise_kernel", "bias")
+  for name, g, w in zip(names, got[1], want[1]):
+    if w is not None:
+      _close(g, w, f"separable: d{name} vs lax", rtol=1e-4)
+  for name, g, w in zip(names[:2] + names[3:], got[3], want[3]):
+    if w is not None:
+      _close(g, w, f"depthwise: d{name} vs lax", rtol=1e-4)
+
+
+@pytest.mark.parametrize("strides,dilation,m,bias", [
+    ((1, 1), (1, 1), 1, True), ((2, 2), (1, 1), 2, False),
+    ((1, 1), (2, 1), 3, True)])
+def test_tpu_form_interpreted_matches_lax(strides, dilation, m, bias):
+  """The Mosaic form of the three kernels, run by Pallas's interpreter."""
+  x, dk, pk, b, db = _arrays(5, (9, 10), 4, (3, 3), m, 5)
+  pads = ((1, 1), (1, 1))
+  cfg = _pallas_layout.Config(strides, dilation, pads, (lax.Precision.HIGHEST,
+                                                        lax.Precision.HIGHEST))
+  tpu = dict(cfg=cfg, target="tpu", interpret=True)
+  pk2 = pk.reshape(-1, 5)
+  for has_pk in (True, False):
+    bias_ = (b if has_pk else db) if bias else None
+    operands = [x, dk] + ([pk2] if has_pk else []) + (
+        [bias_] if bias else [])
+    y = jax.jit(functools.partial(_pallas._forward_kernels, has_pk=has_pk,
+                                  has_b=bias, **tpu))(*operands)
+    want = _pallas._reference(x, dk, pk2 if has_pk else None, bias_, cfg)
+    _close(y, want, f"tpu forward (pointwise={has_pk})")
+    ct = np.random.default_rng(3).standard_normal(want.shape).astype(
+        np.float32)
+    need = (True,) * len(operands)
+    grads = jax.jit(functools.partial(
+        _pallas._backward_kernels, has_pk=has_pk, has_b=bias, need=need,
+        **tpu))(*operands[:2 + has_pk], ct)
+    wants = _pallas._reference_backward(x, dk, pk2 if has_pk else None, ct,
+                                        cfg, bias, need)
+    for i, (g, w) in enumerate(zip(grads, wants)):
+      _close(g, w, f"tpu gradient {i} (pointwise={has_pk})", rtol=1e-4)
+
+
+def test_reverse_mode_runs_the_kernels_and_forward_mode_runs_lax():
+  x, dk, pk, b, _ = _arrays(2, (6, 5), 2, (3, 3), 1, 3)
+  f = lambda *a: jnp.sum(sepconv_jax.separable_conv2d(
+      *a, padding="same", implementation="pallas") ** 2)
+  jaxpr = str(jax.make_jaxpr(jax.grad(f, argnums=(0, 1, 2, 3)))(
+      x, dk, pk, b))
+  assert "sepconv_pallas_forward" in jaxpr
+  assert "sepconv_pallas_backward" in jaxpr
+  assert "conv_general_dilated" not in jaxpr
+  tangents = tuple(np.ones_like(a) for a in (x, dk, pk, b))
+  jaxpr = str(jax.make_jaxpr(lambda p, t: jax.jvp(
+      lambda *a: sepconv_jax.separable_conv2d(
+          *a, padding="same", implementation="pallas"), p, t))(
+              (x, dk, pk, b), tangents))
+  assert "sepconv_pallas_linear" in jaxpr
+
+
+def test_transforms_match_lax():
+  x, dk, pk, b, _ = _arrays(4, (7, 6), 2, (3, 3), 2, 3)
+  kw = dict(strides=(2, 1), padding="same")
+
+  def f(impl):
+    return lambda *a: sepconv_jax.separable_conv2d(*a, **kw,
+                                                   implementation=impl)
+
+  # eager == jit
+  _close(f("pallas")(x, dk, pk, b), jax.jit(f("pallas"))(x, dk, pk, b),
+         "eager vs jit", rtol=0)
+  # jvp (forward mode)
+  tangents = tuple(np.random.default_rng(7).standard_normal(a.shape).astype(
+      np.float32) for a in (x, dk, pk, b))
+  got = jax.jit(lambda *p: jax.jvp(f("pallas"), p, tangents))(x, dk, pk, b)
+  want = jax.jit(lambda *p: jax.jvp(f("lax"), p, tangents))(x, dk, pk, b)
+  _close(got[1], want[1], "jvp", rtol=1e-4)
+
+  # vmap over the input (the batch folds into the kernels' batch), and
+  # per-example gradients (vmap of grad).
+  vm = jax.jit(jax.vmap(f("pallas"), (0, None, None, None)))(
+      x[:, None], dk, pk, b)
+  _close(vm[:, 0], f("lax")(x, dk, pk, b), "vmap over inputs")
+
+  def loss(impl):
+    return lambda x, *w: jnp.sum(jnp.sin(f(impl)(x[None], *w)))
+
+  per_example = lambda impl: jax.jit(jax.vmap(
+      jax.grad(loss(impl), argnums=(0, 1, 2, 3)), (0, None, None, None)))
+  for g, w in zip(per_example("pallas")(x, dk, pk, b),
+                  per_example("lax")(x, dk, pk, b)):
+    _close(g, w, "per-example gradients", rtol=1e-4)
+
+  # Second order: reverse over reverse, and jax.hessian (forward over
+  # reverse) of a small kernel.
+  def tanh_loss(impl):
+    return lambda dk: jnp.sum(jnp.tanh(f(impl)(x, dk, pk, b)))
+
+  gg = lambda impl: jax.jit(jax.grad(
+      lambda dk: jnp.sum(jax.grad(tanh_loss(impl))(dk) ** 2)))(dk)
+  _close(gg("pallas"), gg("lax"), "grad of grad", rtol=1e-3)
+  small = dk[:2, :2, :1, :1]
+  h = lambda impl: jax.jit(jax.hessian(lambda k: jnp.sum(jnp.tanh(
+      sepconv_jax.separable_conv2d(x[:, :, :, :1], k, pk[:, :, :1], b,
+                                   implementation=impl)))))(small)
+  _close(h("pallas"), h("lax"), "hessian", rtol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_accumulates_in_float32(dtype):
+  """Within 2**-6 (bfloat16) or 2**-9 (float16) of the largest |output| of
+  the float64 reference on the rounded inputs: the depthwise result is
+  rounded once before the pointwise dot, the output once more."""
+  x, dk, pk, b, _ = (jnp.asarray(a, dtype) for a in
+                     _arrays(6, (9, 9), 8, (3, 3), 2, 8))
+  f = lambda *a: sepconv_jax.separable_conv2d(
+      *a, strides=2, padding="same", implementation="pallas")
+  y = jax.jit(f)(x, dk, pk, b)
+  assert y.dtype == dtype
+  as64 = lambda a: np.asarray(jnp.asarray(a, jnp.float32), np.float64)
+  want = ref_nd.separable(as64(x), as64(dk), as64(pk), as64(b), (2, 2),
+                          "same", (1, 1))
+  eps = 2.0**-6 if dtype == jnp.bfloat16 else 2.0**-9
+  assert np.max(np.abs(as64(y) - want)) <= eps * np.max(np.abs(want))
+  grads = jax.jit(jax.grad(lambda *a: jnp.sum(f(*a).astype(jnp.float32)),
+                           argnums=(0, 1, 2, 3)))(x, dk, pk, b)
+  lax_grads = jax.jit(jax.grad(lambda *a: jnp.sum(
+      sepconv_jax.separable_conv2d(*a, strides=2, padding="same",
+                                   implementation="lax"
+                                   ).astype(jnp.float32)),
+      argnums=(0, 1, 2, 3)))(x, dk, pk, b)
+  for g, w in zip(grads, lax_grads):
+    assert g.dtype == dtype
+    assert np.max(np.abs(as64(g) - as64(w))) <= 4 * eps * np.max(
+        np.abs(as64(w)))
+
+
+def _kernel_dot_precisions(jaxpr):
+  """The precision of every dot inside every pallas_call of `jaxpr`."""
+  found = []
+
+  def walk(jaxpr, inside):
+    for eqn in jaxpr.eqns:
+      if inside and eqn.primitive.name == "dot_general":
+        found.append(eqn.params["precision"])
+      for value in eqn.params.values():
+        for sub in value if isinstance(value, (tuple, list)) else (value,):
+          sub = getattr(sub, "jaxpr", sub)
+          if hasattr(sub, "eqns"):
+            walk(sub, inside or eqn.primitive.name == "pallas_call")
+  walk(jaxpr.jaxpr, False)
+  return found
+
+
+@pytest.mark.parametrize("target", ["gpu", "tpu"])
+def test_precision_reaches_every_kernel_dot(target):
+  x, dk, pk, b, _ = _arrays(8, (6, 6), 3, (3, 3), 2, 4)
+  pk2 = pk.reshape(6, 4)
+  default = (None, (lax.Precision.DEFAULT,) * 2)
+  for precision, expected in (("highest", ((lax.Precision.HIGHEST,) * 2,)),
+                              (None, default)):
+    with jax.default_matmul_precision("default"):
+      cfg = _pallas_layout.Config((1, 1), (1, 1), ((1, 1), (1, 1)),
+                                  _pallas._canonical_precision(precision))
+      kw = dict(cfg=cfg, target=target, interpret=False, has_pk=True,
+                has_b=True)
+      forward = jax.make_jaxpr(functools.partial(_pallas._forward_kernels,
+                                                 **kw))(x, dk, pk2, b)
+      backward = jax.make_jaxpr(functools.partial(
+          _pallas._backward_kernels, need=(True,) * 4, **kw))(
+              x, dk, pk2, np.ones((2, 6, 6, 4), np.float32))
+    for what, jaxpr in (("forward", forward), ("backward", backward)):
+      found = _kernel_dot_precisions(jaxpr)
+      assert found, (target, what)
+      assert all(p in expected for p in found), (target, what, found)
+  # And on CPU, interpreted: the lowered module's dots.
+  text = lowered.lower(lambda *a: sepconv_jax.separable_conv2d(
+      *a, precision="highest", implementation="pallas"), x, dk, pk, b)
+  found = lowered.contractions(text)
+  assert found and all(p == ("HIGHEST", "HIGHEST") for _, p in found)
+
+
+_CANONICAL = [  # (H, W, C, F, stride), batch 2 here
+    (112, 112, 32, 64, 1), (56, 56, 128, 128, 1), (28, 28, 256, 256, 1),
+    (14, 14, 512, 512, 1), (7, 7, 1024, 1024, 1), (19, 19, 728, 728, 1),
+    (112, 112, 64, 128, 2)]
+_KERNEL_CALLS = {"cuda": "__gpu$xla.gpu.triton", "tpu": "tpu_custom_call"}
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+@pytest.mark.parametrize("shape", _CANONICAL, ids=str)
+def test_export_calls_the_kernels_at_the_canonical_shapes(shape, platform):
+  h, w, c, f, s = shape
+  x = jax.ShapeDtypeStruct((2, h, w, c), jnp.float32)
+  dk = jax.ShapeDtypeStruct((3, 3, c, 1), jnp.float32)
+  pk = jax.ShapeDtypeStruct((1, 1, c, f), jnp.float32)
+  sep = lambda *a: sepconv_jax.separable_conv2d(
+      *a, strides=s, padding="same", implementation="pallas")
+  step = jax.grad(lambda *a: jnp.sum(sep(*a) ** 2), argnums=(0, 1, 2))
+  for what, fn in (("forward", sep), ("training step", step)):
+    text = lowered.lower(fn, x, dk, pk, platforms=(platform,))
+    assert _KERNEL_CALLS[platform] in lowered.custom_calls(text), what
+    # No fallback: XLA does no convolution, only layout work and the
+    # reductions of the kernels' partial sums.
+    assert "stablehlo.convolution" not in text, what
+    calls = text.count(_KERNEL_CALLS[platform])
+    assert calls == (1 if what == "forward" else 3), (what, calls)
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_modules_export_with_the_kernels(platform):
+  x = np.ones((2, 8, 8, 3), np.float32)
+  layer = sepconv_jax.SeparableConv2D(4, 3, padding="same",
+                                      implementation="pallas")
+  variables = layer.init(jax.random.key(0), x)
+  model = sepconv_jax.nnx.DepthwiseConv2D(3, 3, implementation="pallas",
+                                          rngs=nnx.Rngs(0))
+  graphdef, state = nnx.split(model)
+  for fn, args in ((layer.apply, (variables, x)),
+                   (lambda s, x: nnx.merge(graphdef, s)(x), (state, x))):
+    text = lowered.lower(fn, *args, platforms=(platform,))
+    assert _KERNEL_CALLS[platform] in lowered.custom_calls(text)
+
+
+def test_modules_match_lax():
+  x = np.random.default_rng(9).standard_normal((2, 7, 6, 3)).astype(
+      np.float32)
+  for impl_layer in (
+      lambda impl: sepconv_jax.SeparableConv2D(4, 3, strides=2,
+                                               padding="same",
+                                               depth_multiplier=2,
+                                               implementation=impl),
+      lambda impl: sepconv_jax.DepthwiseConv2D(3, padding="same",
+                                               implementation=impl)):
+    layer = impl_layer("pallas")
+    variables = layer.init(jax.random.key(0), x)
+    _close(jax.jit(layer.apply)(variables, x),
+           impl_layer("lax").apply(variables, x), "module")
+
+
+def test_three_dimensions_are_refused_clearly():
+  x = np.ones((1, 4, 4, 4, 2), np.float32)
+  with pytest.raises(ValueError, match=r"`implementation` \(='pallas'\)"
+                     r" supports 1-D and 2-D convolutions; this one is 3-D"):
+    sepconv_jax.depthwise_conv(x, np.ones((2, 2, 2, 2, 1), np.float32),
+                               implementation="pallas")
