@@ -27,9 +27,11 @@ from sepconv_jax import _linen
 _LAYER_CLASSES = {
     name: cls for cls in _linen.LAYERS
     for name in cls.FAMILY.keras_classes.get(cls.RANK, ())}
+# The class each alias stands for.
+_CANONICAL = {name: cls.FAMILY.keras_classes[cls.RANK][0]
+              for name, cls in _LAYER_CLASSES.items()}
 # The Keras classes we read, without their aliases, for messages.
-_READ = ", ".join(dict.fromkeys(
-    cls.FAMILY.keras_classes[cls.RANK][0] for cls in _LAYER_CLASSES.values()))
+_READ = ", ".join(dict.fromkeys(_CANONICAL.values()))
 
 _MODEL_CLASSES = ("Functional", "Sequential", "Model")
 _WEIGHTS_H5 = "model.weights.h5"
@@ -136,8 +138,9 @@ def _walk(model: Mapping, h5: Any, group: str, prefix: str, found: dict,
       continue  # `Sequential.layers` leaves the input layer out.
     if module_name.startswith("keras.src.ops"):
       continue  # A functional op such as `keras.ops.add`: not a layer.
-    # Keras names each layer's weight group after its class, in order.
-    snake = _keras_serial.snake(entry_class)
+    # Keras names each layer's weight group after its class (not an alias
+    # the config may name), in order.
+    snake = _keras_serial.snake(_CANONICAL.get(entry_class, entry_class))
     if snake in used:
       used[snake] += 1
       snake = f"{snake}_{used[snake]}"

@@ -25,6 +25,7 @@ every comparison runs both sides on the same weights.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 
@@ -56,8 +57,10 @@ APPLICATIONS = {
 }
 
 
-def _numpy_draws(rng):
-  """Keras's JAX-backend random functions, drawn by numpy instead."""
+@contextlib.contextmanager
+def numpy_draws(seed=0):
+  """Within it, Keras's JAX-backend random functions draw with numpy."""
+  rng = np.random.default_rng(seed)
 
   def cast(values, dtype):
     return np.asarray(values, dtype=dtype or "float32")
@@ -78,8 +81,10 @@ def _numpy_draws(rng):
       values[redraw] = rng.normal(0.0, 1.0, redraw.sum())
     return cast(mean + stddev * values, dtype)
 
-  return {"normal": normal, "uniform": uniform,
-          "truncated_normal": truncated_normal}
+  with pytest.MonkeyPatch.context() as patch:
+    for fn in (normal, uniform, truncated_normal):
+      patch.setattr(keras_jax_random, fn.__name__, fn)
+    yield
 
 
 def _json(value):
@@ -90,9 +95,7 @@ class App:
   """A built and saved application, its ported layers and Keras's outputs."""
 
   def __init__(self, name, folder):
-    with pytest.MonkeyPatch.context() as patch:
-      for fn_name, fn in _numpy_draws(np.random.default_rng(0)).items():
-        patch.setattr(keras_jax_random, fn_name, fn)
+    with numpy_draws():
       self.model = APPLICATIONS[name]()
     self.layers = [layer for layer in self.model.layers
                    if type(layer).__name__ in PORTED]
