@@ -1,6 +1,23 @@
 """Benchmarks sepconv_jax's implementations against other libraries' ones.
 
-For each shape it times, in one process and on the same cores:
+Two modes (``--mode``; "auto" picks by JAX's default backend):
+
+* ``cpu``: the canonical shapes at batch 8, float32, against Keras 3, Flax,
+  PyTorch and TensorFlow on the same cores (below).
+* ``device`` (GPU, TPU): the canonical shapes at batch 8, 64 and 128, in
+  float32 and bfloat16, against PyTorch on the GPU (`cudnn.benchmark`,
+  channels_last, timed by CUDA events). It times device work: each timed
+  call runs K distinct inputs through one jitted `lax.scan` (PyTorch: K
+  calls between two CUDA events), and the time per application is the
+  call's over K; at the largest batch it also times back-to-back single
+  calls, as a cross-check of the method. Its roofline comes from the
+  device's copy bandwidth and matmul peaks measured in the run. ``--quick``
+  runs this mode's code on tiny shapes on any backend (the test suite runs
+  it on CPU).
+
+Results go to ``scripts/benchmark_results/<device>/`` (``--out``).
+
+For each shape the CPU mode times, in one process and on the same cores:
 
 * every sepconv_jax implementation (``sepconv_jax.IMPLEMENTATIONS`` less
   "auto", which resolves to one of them; the run records which);
@@ -20,17 +37,18 @@ all of them alike. For the sepconv_jax implementations the run also records the
 temporary bytes of the compiled forward pass and training step
 (``compiled.memory_analysis().temp_size_in_bytes``).
 
-Output (in ``--out``, default ``scripts/benchmark_results``): ``results.md``
-(Markdown tables), ``results.json`` and ``speedup.png`` (bar chart of the
-speedups; skipped with a message if matplotlib is missing), plus the
-device, the library versions, the load average and the allocator setting
-in all of them.
+Output (in ``--out``, default ``scripts/benchmark_results/<device>``):
+``results.md`` (Markdown tables), ``results.json`` and, in CPU mode,
+``speedup.png`` (bar chart of the speedups; skipped with a message if
+matplotlib is missing), plus the device, the library versions, the load
+average and the allocator setting in all of them.
 
 Usage:
   python scripts/benchmark.py            # the canonical shapes (minutes)
   python scripts/benchmark.py --quick    # a tiny smoke run (seconds)
   python scripts/benchmark.py --peers torch tf --repeats 15
   python scripts/benchmark.py --malloc tuned   # see `tune_malloc`
+  python scripts/benchmark.py --mode device --quick   # device code, on CPU
 """
 
 from __future__ import annotations
@@ -123,7 +141,11 @@ PEER_NAMES = {
 
 
 class Case(NamedTuple):
-  """One thing to time at one shape."""
+  """One thing to time at one shape.
+
+  A call of `forward` or `train` runs `per_call` applications; a callable
+  that measures itself (CUDA events) returns its seconds as a float.
+  """
 
   name: str          # "taps", "lax", "keras", ...
   library: str       # "sepconv_jax" or the peer's name
@@ -131,6 +153,7 @@ class Case(NamedTuple):
   train: Callable[[], Any]
   fwd_temp: Optional[int] = None
   train_temp: Optional[int] = None
+  per_call: int = 1
 
 
 def _arrays(shape: Shape, seed: int = 0):
@@ -306,8 +329,9 @@ def available_peers(wanted) -> tuple[list[str], dict[str, str]]:
 
 def _time_once(fn) -> float:
   t = time.perf_counter()
-  fn()
-  return time.perf_counter() - t
+  measured = fn()
+  wall = time.perf_counter() - t
+  return measured if isinstance(measured, float) else wall
 
 
 def time_cases(cases: list[Case], repeats: int, min_time: float,
@@ -322,7 +346,8 @@ def time_cases(cases: list[Case], repeats: int, min_time: float,
   case over the whole run, so that a change of machine load hits all of
   them alike. A block is ``ceil(repeats / passes)`` calls, or more, up to
   ``max_repeats / passes``, until it has run for ``min_time / passes``
-  seconds.
+  seconds. Samples are seconds per application: a call's time over its
+  case's `per_call`.
   """
   samples = {c.name: {"forward": [], "train": []} for c in cases}
   for c in cases:
@@ -341,7 +366,7 @@ def time_cases(cases: list[Case], repeats: int, min_time: float,
         while len(runs) < cap and (
             len(runs) < block or sum(runs) < min_time / passes):
           runs.append(_time_once(fn))
-        samples[c.name][kind] += runs
+        samples[c.name][kind] += [r / c.per_call for r in runs]
   return samples
 
 
@@ -479,6 +504,8 @@ def geomean(values) -> Optional[float]:
 def summarize(shapes, results, impls, peers) -> dict:
   """Speedups of each sepconv_jax implementation over the peers."""
   auto = _ops.auto_implementation()
+  if auto not in impls:  # e.g. --implementations lax
+    auto = impls[0]
   summary = {"auto": auto, "per_shape": [], "geomean": {}}
   for shape in shapes:
     row = {"shape": shape.label}
@@ -686,12 +713,376 @@ def plot(report: dict, path: str) -> Optional[str]:
   return None
 
 
+# ---------------------------------------------------------------------------
+# Device mode: GPU and TPU (and, with --quick, any backend).
+
+DEVICE_BATCHES = (8, 64, 128)
+DEVICE_DTYPES = ("float32", "bfloat16")
+DEVICE_PEERS = ("torch",)
+
+
+def device_slug(name: str) -> str:
+  """A folder name for a device: "NVIDIA H200" -> "nvidia-h200"."""
+  slug = "".join(ch if ch.isalnum() else "-" for ch in name.lower())
+  return "-".join(part for part in slug.split("-") if part)
+
+
+def default_out() -> str:
+  """``scripts/benchmark_results/<device>``; a CPU is named with its best
+  vector extension (AVX-512 or AVX2 machines differ)."""
+  if jax.default_backend() == "cpu":
+    flags = cpu_flags()
+    simd = ("avx512" if "avx512f" in flags else
+            "avx2" if "avx2" in flags else "")
+    name = f"cpu {cpu_name()} {simd}"
+  else:
+    name = str(jax.devices()[0].device_kind)
+  return os.path.join(_HERE, "benchmark_results", device_slug(name))
+
+
+def cpu_flags() -> set[str]:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("flags"):
+          return set(line.split(":", 1)[1].split())
+  except OSError:
+    pass
+  return set()
+
+
+def _device_arrays(shape: Shape, dtype: str, k: int):
+  """K distinct inputs and cotangents, and one pair of kernels."""
+  xs, gs = [], []
+  for i in range(k):
+    x, dk, pk, g = _arrays(shape, seed=i)
+    xs.append(x)
+    gs.append(g)
+  cast = lambda a: jnp.asarray(np.stack(a) if isinstance(a, list) else a,
+                               dtype)
+  return cast(xs), cast(dk), cast(pk), cast(gs)
+
+
+def _scan_case(name, library, fn, params, xs, gs) -> Case:
+  """A Case whose every call runs `fn` over K inputs in one `lax.scan`."""
+
+  def forward(xs, params):
+    return jax.lax.map(lambda x: fn(x, params), xs)
+
+  def train(xs, params, gs):
+    def one(acc, xg):
+      x, g = xg
+      y, vjp = jax.vjp(fn, x, params)
+      dx, dparams = vjp(g)
+      return jax.tree.map(jnp.add, acc, dparams), (y, dx)
+    zero = jax.tree.map(jnp.zeros_like, params)
+    return jax.lax.scan(one, zero, (xs, gs))
+
+  fwd_c = jax.jit(forward).lower(xs, params).compile()
+  train_c = jax.jit(train).lower(xs, params, gs).compile()
+  return Case(name, library,
+              lambda: jax.block_until_ready(fwd_c(xs, params)),
+              lambda: jax.block_until_ready(train_c(xs, params, gs)),
+              per_call=xs.shape[0])
+
+
+def _sepconv_fn(shape: Shape, impl: str):
+  def fn(x, params):
+    return sepconv_jax.separable_conv2d(
+        x, params[0], params[1], strides=shape.stride, padding="same",
+        implementation=impl)
+  return fn
+
+
+def device_sepconv_cases(shape, dtype, impls, k, method) -> list[Case]:
+  xs, dk, pk, gs = _device_arrays(shape, dtype, k)
+  cases = []
+  for impl in impls:
+    fn = _sepconv_fn(shape, impl)
+    if method == "scan":
+      cases.append(_scan_case(impl, "sepconv_jax", fn, (dk, pk), xs, gs))
+    else:
+      cases.append(_jax_case(impl, "sepconv_jax", fn, (dk, pk), xs[0],
+                             gs[0], False))
+  return cases
+
+
+def torch_device_case(shape: Shape, dtype: str, k: int, method: str) -> Case:
+  """PyTorch on the GPU (CPU without one): cudnn.benchmark, channels_last,
+  K calls between two CUDA events (one call with ``method="calls"``)."""
+  import torch
+  import torch.nn.functional as F
+  cuda = torch.cuda.is_available()
+  device = "cuda" if cuda else "cpu"
+  torch.backends.cudnn.benchmark = True
+  tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+  cl = torch.channels_last
+  count = k if method == "scan" else 1
+
+  def tensor(a, grad=False):
+    t = torch.from_numpy(np.ascontiguousarray(a)).to(device, tdtype)
+    t = t.contiguous(memory_format=cl) if t.dim() == 4 else t
+    return t.requires_grad_(grad)
+
+  xs, gs = [], []
+  for i in range(count):
+    x, dk, pk, g = _arrays(shape, seed=i)
+    xs.append(tensor(x.transpose(0, 3, 1, 2), grad=True))
+    gs.append(tensor(g.transpose(0, 3, 1, 2)))
+  tdk = tensor(dk.transpose(2, 3, 0, 1), grad=True)   # (C, 1, kh, kw)
+  tpk = tensor(pk.transpose(3, 2, 0, 1), grad=True)   # (F, C, 1, 1)
+  c, kk, s = shape.channels, shape.kernel, shape.stride
+  pads = []
+  for size in (shape.height, shape.width):
+    total = max((-(-size // s) - 1) * s + kk - size, 0)
+    pads.append((total // 2, total - total // 2))
+
+  def conv(inp):
+    inp = F.pad(inp, (pads[1][0], pads[1][1], pads[0][0], pads[0][1]))
+    return F.conv2d(F.conv2d(inp, tdk, stride=s, groups=c), tpk)
+
+  def timed(body):
+    if cuda:
+      start = torch.cuda.Event(enable_timing=True)
+      end = torch.cuda.Event(enable_timing=True)
+      start.record()
+      for i in range(count):
+        body(i)
+      end.record()
+      end.synchronize()
+      return start.elapsed_time(end) / 1e3
+    t = time.perf_counter()
+    for i in range(count):
+      body(i)
+    return time.perf_counter() - t
+
+  def forward():
+    with torch.no_grad():
+      return timed(lambda i: conv(xs[i]))
+
+  def train():
+    return timed(lambda i: torch.autograd.grad(conv(xs[i]), (xs[i], tdk, tpk),
+                                               gs[i]))
+  return Case("torch", "PyTorch" + (" CUDA" if cuda else " CPU"), forward,
+              train, per_call=count)
+
+
+def _best_median(fn, runs: int) -> float:
+  jax.block_until_ready(fn())
+  return statistics.median(_time_once(lambda: jax.block_until_ready(fn()))
+                           for _ in range(runs))
+
+
+def calibrate_device(quick: bool) -> dict:
+  """The device's copy bandwidth and matmul peaks, measured in JAX."""
+  elems = (1 << 18) if quick else (1 << 28)   # 1 MiB / 1 GiB of float32
+  v = jnp.ones((elems,), jnp.float32)
+  copy = jax.jit(lambda a: a + 1.0).lower(v).compile()
+  runs = 3 if quick else 20
+  t_copy = _best_median(lambda: copy(v), runs)
+  n = 256 if quick else 8192
+  peaks = {}
+  for name, dtype, precision in (
+      ("float32_default", jnp.float32, None),
+      ("float32_highest", jnp.float32, jax.lax.Precision.HIGHEST),
+      ("bfloat16", jnp.bfloat16, None)):
+    a = jnp.ones((n, n), dtype)
+    mm = jax.jit(lambda a, p=precision: jnp.dot(a, a, precision=p)
+                 ).lower(a).compile()
+    peaks[name] = 2 * n ** 3 / _best_median(lambda: mm(a), runs) / 1e9
+  return {"copy_gbps": 2 * 4 * elems / t_copy / 1e9, "copy_bytes": 4 * elems,
+          "matmul_n": n, "matmul_gflops": peaks}
+
+
+def _record(samples, cases) -> dict:
+  res = {}
+  for c in cases:
+    fwd, tr = samples[c.name]["forward"], samples[c.name]["train"]
+    res[c.name] = {
+        "library": c.library,
+        "forward_us": statistics.median(fwd) * 1e6,
+        "train_us": statistics.median(tr) * 1e6,
+        "forward_min_us": min(fwd) * 1e6,
+        "train_min_us": min(tr) * 1e6,
+        "samples": len(fwd),
+        "per_call": c.per_call,
+    }
+  return res
+
+
+def run_device(args, impls, peers, skipped) -> dict:
+  """The device mode (see the module docstring)."""
+  shapes = QUICK[:1] if args.quick else CANONICAL
+  batches = args.batches or ((2,) if args.quick else DEVICE_BATCHES)
+  dtypes = args.dtypes or DEVICE_DTYPES
+  k = args.scan_steps or (2 if args.quick else 8)
+  repeats = args.repeats or (3 if args.quick else 9)
+  min_time = args.min_time if args.min_time is not None else (
+      0.0 if args.quick else 0.2)
+  max_repeats = args.max_repeats or (3 if args.quick else 30)
+  device = jax.devices()[0]
+  report = {
+      "mode": "device",
+      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+          timespec="seconds"),
+      "quick": args.quick,
+      "device": str(device.device_kind),
+      "backend": jax.default_backend(),
+      "cpu": cpu_name(),
+      "versions": versions(peers),
+      "auto": _ops.auto_implementation(),
+      "implementations": impls,
+      "peers": peers,
+      "skipped": skipped,
+      "batches": list(batches),
+      "dtypes": list(dtypes),
+      "scan_steps": k,
+      "repeats": repeats,
+      "load_before": load_average(),
+      "results": {},
+      "cross_check": {},
+  }
+  print(f"device mode: {report['device']} ({report['backend']}); batches"
+        f" {batches}, {dtypes}, K={k}", flush=True)
+  report["roofline"] = calibrate_device(args.quick)
+  for dtype in dtypes:
+    for batch in batches:
+      for base in shapes:
+        shape = base._replace(batch=batch)
+        t0 = time.perf_counter()
+        cases = device_sepconv_cases(shape, dtype, impls, k, "scan")
+        if "torch" in peers:
+          cases.append(torch_device_case(shape, dtype, k, "scan"))
+        samples = time_cases(cases, repeats, min_time, max_repeats)
+        key = f"{dtype} b{batch} {shape.label}"
+        report["results"][key] = dict(
+            dtype=dtype, batch=batch, shape=shape.label,
+            flops=shape.flops(),
+            min_bytes=shape.min_bytes() // 4 * np.dtype(
+                jnp.dtype(dtype)).itemsize,
+            **_record(samples, cases))
+        if batch == max(batches):  # the method, cross-checked
+          calls = device_sepconv_cases(shape, dtype, impls, 1, "calls")
+          if "torch" in peers:
+            calls.append(torch_device_case(shape, dtype, 1, "calls"))
+          report["cross_check"][key] = _record(
+              time_cases(calls, repeats, min_time, max_repeats), calls)
+        print(f"{key:>34}  " + "  ".join(
+            f"{c.name}: {report['results'][key][c.name]['forward_us']:.0f}/"
+            f"{report['results'][key][c.name]['train_us']:.0f} us"
+            for c in cases) + f"  [{time.perf_counter() - t0:.0f} s]",
+            flush=True)
+        del cases
+        gc.collect()
+  report["load_after"] = load_average()
+  return report
+
+
+def _roofline_us(result: dict, roof: dict, kind: str) -> float:
+  """max(FLOPs / matmul peak, bytes / copy bandwidth), in microseconds.
+
+  Forward: the layer's FLOPs, and the input, kernels and output moved
+  once. Training step: three times the FLOPs (output, input gradient,
+  kernel gradients) and twice the bytes (the output and the input
+  gradient are written, the input and the cotangent read).
+  """
+  peak = roof["matmul_gflops"]["bfloat16" if result["dtype"] == "bfloat16"
+                               else "float32_default"]
+  flops, moved = ((result["flops"], result["min_bytes"]) if kind == "forward"
+                  else (3 * result["flops"], 2 * result["min_bytes"]))
+  return 1e6 * max(flops / (peak * 1e9), moved / (roof["copy_gbps"] * 1e9))
+
+
+def markdown_device(report: dict) -> str:
+  impls, peers = report["implementations"], report["peers"]
+  names = impls + peers
+  roof = report["roofline"]
+  peaks = ", ".join(f"{name} {v:.0f} GFLOP/s"
+                    for name, v in roof["matmul_gflops"].items())
+  lines = [
+      "# sepconv_jax benchmark: device mode", "",
+      f"- date: {report['date']}",
+      f"- device: {report['device']} (backend {report['backend']}; host"
+      f" {report['cpu']})",
+      "- versions: " + ", ".join(f"{k} {v}"
+                                 for k, v in report["versions"].items()),
+      f"- load average before: {report['load_before']}, after:"
+      f" {report['load_after']}",
+      f"- measured: copy {roof['copy_gbps']:.0f} GB/s"
+      f" ({roof['copy_bytes'] >> 20} MiB read and written); {peaks}"
+      f" ({roof['matmul_n']}^3)",
+      f"- NHWC, 3x3 depthwise, \"same\", depth multiplier 1, no bias;"
+      f" microseconds per application: each timed call runs"
+      f" {report['scan_steps']} distinct inputs through one jitted"
+      " `lax.scan` (PyTorch: that many calls between two CUDA events);"
+      f" medians of >= {report['repeats']} calls after warm-up",
+      f"- `implementation=\"auto\"` resolves to `\"{report['auto']}\"` here",
+  ]
+  for p, why in report["skipped"].items():
+    lines.append(f"- skipped {p}: {why}")
+  for kind, title in (("forward", "Forward pass"),
+                      ("train", "Training step (output + VJP w.r.t. input"
+                                " and both kernels)")):
+    lines += ["", f"## {title}: median us per application", "",
+              "| case | " + " | ".join(f"`{n}`" for n in names) +
+              " | roofline us | fastest vs roofline |",
+              "|" + "---|" * (len(names) + 3)]
+    for key, r in report["results"].items():
+      times = {n: r[n][f"{kind}_us"] for n in names if n in r}
+      roof_us = _roofline_us(r, roof, kind)
+      best = min(times.values())
+      lines.append(f"| {key} | " + " | ".join(
+          f"{times[n]:.0f}" if n in times else "-" for n in names) +
+          f" | {roof_us:.0f} | {100 * roof_us / best:.0f}% |")
+  if "pallas" in impls:
+    lines += ["", "## `pallas` against the faster of `lax` and PyTorch "
+              "(ratio > 1: pallas is faster)", "",
+              "| case | forward | training step | forward % of memory bound |",
+              "|---|---|---|---|"]
+    for key, r in report["results"].items():
+      cells = []
+      for kind in ("forward", "train"):
+        others = [r[n][f"{kind}_us"] for n in ("lax", "torch") if n in r]
+        cells.append(f"{min(others) / r['pallas'][f'{kind}_us']:.2f}x"
+                     if others else "-")
+      mem_us = 1e6 * r["min_bytes"] / (roof["copy_gbps"] * 1e9)
+      cells.append(f"{100 * mem_us / r['pallas']['forward_us']:.0f}%")
+      lines.append(f"| {key} | " + " | ".join(cells) + " |")
+  lines += ["", "## Cross-check of the method: scan of K inputs vs single "
+            "back-to-back calls, us per application (forward / training)",
+            "", "| case | " + " | ".join(f"`{n}` scan | `{n}` calls"
+                                        for n in names) + " |",
+            "|" + "---|" * (2 * len(names) + 1)]
+  for key, calls in report["cross_check"].items():
+    r = report["results"][key]
+    cells = []
+    for n in names:
+      if n in r and n in calls:
+        cells += [f"{r[n]['forward_us']:.0f} / {r[n]['train_us']:.0f}",
+                  f"{calls[n]['forward_us']:.0f} / {calls[n]['train_us']:.0f}"]
+      else:
+        cells += ["-", "-"]
+    lines.append(f"| {key} | " + " | ".join(cells) + " |")
+  lines.append("")
+  return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true",
                       help="tiny shapes, few repeats: a smoke run")
-  parser.add_argument("--peers", nargs="*", default=list(PEERS),
-                      choices=PEERS, help="peers to time (default: all)")
+  parser.add_argument(
+      "--mode", choices=("auto", "cpu", "device"), default="auto",
+      help="'device' on a GPU or TPU, 'cpu' on a CPU (auto: by backend)")
+  parser.add_argument("--peers", nargs="*", default=None, choices=PEERS,
+                      help="peers to time (default: all the mode has)")
+  parser.add_argument("--batches", nargs="*", type=int, default=None,
+                      help="device mode: batch sizes (default 8 64 128)")
+  parser.add_argument("--dtypes", nargs="*", default=None,
+                      choices=DEVICE_DTYPES,
+                      help="device mode: dtypes (default both)")
+  parser.add_argument("--scan-steps", type=int, default=None,
+                      help="device mode: inputs per timed call (default 8)")
   parser.add_argument("--implementations", nargs="*", default=None,
                       help="sepconv_jax implementations (default: all)")
   parser.add_argument("--repeats", type=int, default=None,
@@ -699,8 +1090,8 @@ def main(argv=None) -> dict:
   parser.add_argument("--min-time", type=float, default=None,
                       help="minimum seconds of timed runs per callable")
   parser.add_argument("--max-repeats", type=int, default=None)
-  parser.add_argument("--out", default=os.path.join(_HERE,
-                                                    "benchmark_results"))
+  parser.add_argument("--out", default=None,
+                      help="default: scripts/benchmark_results/<device>")
   parser.add_argument("--no-plot", action="store_true")
   parser.add_argument(
       "--malloc", choices=("default", "tuned"), default="default",
@@ -709,18 +1100,42 @@ def main(argv=None) -> dict:
   args = parser.parse_args(argv)
 
   malloc = malloc_setting(args.malloc)  # before any array is allocated
+  mode = args.mode
+  if mode == "auto":
+    mode = "cpu" if jax.default_backend() == "cpu" else "device"
+  out = args.out or default_out()
+  if mode == "device":
+    impls = args.implementations or [
+        i for i in sepconv_jax.IMPLEMENTATIONS if i != "auto"]
+    peers, skipped = available_peers(
+        DEVICE_PEERS if args.peers is None else args.peers)
+    for p, why in skipped.items():
+      print(f"skipping {PEER_NAMES[p]}: {why}", flush=True)
+    report = run_device(args, impls, peers, skipped)
+    report["malloc"] = malloc
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.json"), "w") as f:
+      json.dump(report, f, indent=1)
+    text = markdown_device(report)
+    with open(os.path.join(out, "results.md"), "w") as f:
+      f.write(text)
+    print(text)
+    return report
   shapes = QUICK if args.quick else CANONICAL
   repeats = args.repeats or (3 if args.quick else 11)
   min_time = args.min_time if args.min_time is not None else (
       0.0 if args.quick else 0.5)
   max_repeats = args.max_repeats or (3 if args.quick else 41)
+  # Pallas runs in its interpreter on a CPU: correct, but not a speed.
   impls = args.implementations or [
-      i for i in sepconv_jax.IMPLEMENTATIONS if i != "auto"]
-  peers, skipped = available_peers(args.peers)
+      i for i in sepconv_jax.IMPLEMENTATIONS if i not in ("auto", "pallas")]
+  peers, skipped = available_peers(PEERS if args.peers is None
+                                   else args.peers)
   for p, why in skipped.items():
     print(f"skipping {PEER_NAMES[p]}: {why}", flush=True)
 
   report = {
+      "mode": "cpu",
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
           timespec="seconds"),
       "quick": args.quick,
@@ -784,13 +1199,13 @@ def main(argv=None) -> dict:
   report["load_after"] = load_average()
   report["summary"] = summarize(shapes, report["results"], impls, peers)
 
-  os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, "results.json"), "w") as f:
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "results.json"), "w") as f:
     json.dump(report, f, indent=1)
-  with open(os.path.join(args.out, "results.md"), "w") as f:
+  with open(os.path.join(out, "results.md"), "w") as f:
     f.write(markdown(report))
   if not args.no_plot:
-    why = plot(report, os.path.join(args.out, "speedup.png"))
+    why = plot(report, os.path.join(out, "speedup.png"))
     if why:
       print(why, flush=True)
   print(markdown(report))

@@ -26,7 +26,10 @@ def test_quick_benchmark_writes_results(tmp_path):
 
   with open(tmp_path / "results.json") as f:
     report = json.load(f)
-  impls = [i for i in sepconv_jax.IMPLEMENTATIONS if i != "auto"]
+  # Pallas runs in its interpreter on a CPU: not a speed, left out here.
+  impls = [i for i in sepconv_jax.IMPLEMENTATIONS
+           if i not in ("auto", "pallas")]
+  assert report["mode"] == "cpu"
   assert report["quick"] is True
   assert report["implementations"] == impls
   assert report["summary"]["auto"] in impls
@@ -81,3 +84,41 @@ def test_page_faults_script_reports_one_line():
   assert line.startswith("1,6,5,2,3: "), line
   ms = float(line.split(": ")[1].split(" ms/call")[0])
   assert ms > 0 and "minor faults/call" in line, line
+
+
+def test_quick_device_mode_runs_on_cpu(tmp_path):
+  """The GPU/TPU mode's code (scan timing, dtypes, batches, roofline from
+  measured copy and matmul peaks, the cross-check) on tiny CPU shapes."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+      [sys.executable, _SCRIPT, "--quick", "--mode", "device",
+       "--implementations", "lax", "pallas", "--dtypes", "bfloat16",
+       "--out", str(tmp_path)],
+      cwd=_ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  with open(tmp_path / "results.json") as f:
+    report = json.load(f)
+  assert report["mode"] == "device" and report["quick"] is True
+  assert report["implementations"] == ["lax", "pallas"]
+  assert report["dtypes"] == ["bfloat16"]
+  assert report["scan_steps"] >= 2
+  roof = report["roofline"]
+  assert roof["copy_gbps"] > 0
+  assert set(roof["matmul_gflops"]) == {"float32_default", "float32_highest",
+                                        "bfloat16"}
+  keys = list(report["results"])
+  assert len(keys) == len(report["batches"])  # one quick shape
+  for key, r in report["results"].items():
+    assert r["dtype"] in key and r["flops"] > 0 and r["min_bytes"] > 0
+    for impl in ("lax", "pallas"):
+      assert r[impl]["forward_us"] > 0 and r[impl]["train_us"] > 0, key
+      assert r[impl]["per_call"] == report["scan_steps"]
+  # The cross-check times single calls at the largest batch.
+  assert report["cross_check"]
+  for key, calls in report["cross_check"].items():
+    assert f"b{max(report['batches'])} " in key
+    assert calls["lax"]["per_call"] == 1
+  md = (tmp_path / "results.md").read_text()
+  assert "`pallas` against the faster of `lax` and PyTorch" in md
+  assert "Cross-check of the method" in md
+  assert set(report["peers"]) | set(report["skipped"]) == {"torch"}
