@@ -258,7 +258,11 @@ def separable_conv2d(
     implementation: one of :data:`IMPLEMENTATIONS`. ``"auto"`` picks per
       platform the program is lowered for (``"taps"`` on CPU, ``"lax"`` on
       GPU and TPU; `auto_implementation`); ``"lax"`` is the reference built
-      on `jax.lax.conv_general_dilated` with ``feature_group_count``.
+      on `jax.lax.conv_general_dilated` with ``feature_group_count``;
+      ``"taps"`` the fast CPU path; ``"pallas"`` the fused Pallas kernels
+      (1-D and 2-D; Triton on GPU, Mosaic on TPU). On a CPU ``"pallas"``
+      runs its kernels in Pallas's interpreter: correct but slow (seconds
+      to compile each shape), meant for tests.
     padding_mode: beyond Keras, how the padded border is filled: one of
       ``"zeros"`` (Keras), ``"reflect"``, ``"symmetric"`` or ``"circular"``.
 
