@@ -108,7 +108,7 @@ def _reference_backward(x, dk, pk, ct, cfg, has_b, need):
 def _forward_kernels(x, dk, *rest, cfg, has_pk, has_b, target, interpret):
   _, _, pk, b, _ = _split((x, dk, *rest), has_pk, has_b)
   g = layout.geometry(x.shape, dk.shape, pk.shape[-1] if has_pk else None,
-                      cfg, target)
+                      cfg, target, itemsize=x.dtype.itemsize)
   y = _pallas_kernels.forward(
       layout.phased_input(x, g), layout.depthwise_weights(dk, g),
       layout.pointwise_weights(pk, g) if has_pk else None,
@@ -133,7 +133,7 @@ def _backward_kernels(x, dk, *rest, cfg, has_pk, has_b, need, target,
   out = []
   if need_x:
     g = layout.geometry(x.shape, dk.shape, filters, cfg, target,
-                        grid="input")
+                        grid="input", itemsize=x.dtype.itemsize)
     ctq = layout.dilated_cotangent(ct, g, not has_pk)
     wq = (layout.flipped_products(dk, pk, g) if has_pk
           else layout.flipped_depthwise_weights(dk, g))
@@ -141,7 +141,8 @@ def _backward_kernels(x, dk, *rest, cfg, has_pk, has_b, need, target,
                                     interpret=interpret, out_dtype=x.dtype)
     out.append(dx[:, :h, :w, :c])
   if need_dk or need_pk or need_b:
-    g = layout.geometry(x.shape, dk.shape, filters, cfg, target)
+    g = layout.geometry(x.shape, dk.shape, filters, cfg, target,
+                        itemsize=x.dtype.itemsize)
     dpk, ddk, db = _pallas_kernels.param_grads(
         layout.phased_input(x, g), layout.depthwise_weights(dk, g),
         layout.pointwise_weights(pk, g) if has_pk else None,

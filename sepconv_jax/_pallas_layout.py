@@ -97,7 +97,8 @@ class Geometry(NamedTuple):
 
 
 def geometry(x_shape, kernel_shape, filters: Optional[int], cfg: Config,
-             target: str, *, grid: str = "output") -> Geometry:
+             target: str, *, grid: str = "output",
+             itemsize: int = 4) -> Geometry:
   """The `Geometry` of a call; `grid` "input" tiles the input gradient."""
   n, h, w, c = x_shape
   kh, kw, _, m = kernel_shape
@@ -108,7 +109,8 @@ def geometry(x_shape, kernel_shape, filters: Optional[int], cfg: Config,
   f = c * m if filters is None else filters
   tiled = (h, w) if grid == "input" else out
   tiles = _pallas_policy.tiles(target, out_hw=tiled, channels=c, filters=f,
-                               positions=n * out[0] * out[1])
+                               positions=n * out[0] * out[1],
+                               itemsize=itemsize)
   return Geometry(n, (h, w), c, m, f, (kh, kw), out, cfg, tiles)
 
 

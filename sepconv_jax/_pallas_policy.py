@@ -40,7 +40,7 @@ def _round_up(n: int, multiple: int) -> int:
 
 
 def tiles(target: str, *, out_hw: tuple[int, int], channels: int,
-          filters: int, positions: int) -> Tiles:
+          filters: int, positions: int, itemsize: int = 4) -> Tiles:
   """The tiles of a forward, input-gradient or parameter-gradient call.
 
   Args:
@@ -51,6 +51,7 @@ def tiles(target: str, *, out_hw: tuple[int, int], channels: int,
     filters: the output channels F, or C * M for the depthwise step alone.
     positions: N * H' * W' output positions (for the parameter gradient's
       split into groups).
+    itemsize: bytes per element of the compute dtype.
 
   Returns:
     The :class:`Tiles`.
@@ -72,12 +73,14 @@ def tiles(target: str, *, out_hw: tuple[int, int], channels: int,
     return Tiles(rows=1, cols=cols, channels=chans, filters=filts,
                  groups=groups, warps=4)
   if target == "tpu":
-    # The whole (8-padded) row width per block and enough rows for ~512
-    # pixels, the MXU's preferred height; channels whole up to 2048 (in
-    # VMEM with their halo), else 512-lane chunks; filters whole up to 512,
-    # else 256-lane blocks.
-    cols = _round_up(width, 8)
-    rows = max(1, min(height, 512 // cols))
+    # The whole row width per block, padded to whole sublane tiles (8 rows
+    # of 32-bit values, 16 of 16-bit ones), and the most rows that divide
+    # the height for at most ~512 pixels, the MXU's preferred height;
+    # channels whole up to 2048 (in VMEM with their halo), else 512-lane
+    # chunks; filters whole up to 512, else 256-lane blocks.
+    cols = _round_up(width, 8 * max(1, 4 // itemsize))
+    rows = max([r for r in range(1, height + 1)
+                if height % r == 0 and r * cols <= max(512, cols)])
     chans = channels if channels <= 2048 else 512
     filts = filters if filters <= 512 else 256
     return Tiles(rows=rows, cols=cols, channels=chans, filters=filts,
