@@ -1,10 +1,12 @@
-"""1-D and 3-D separable layers, DepthwiseConv2D, richer padding, and NNX.
+"""1-D and 3-D separable layers, DepthwiseConv1D/2D, richer padding, and NNX.
 
 Expected values come from the N-D float64 reference (tests/reference_nd.py)
-or from the real Keras layers (SeparableConv1D, DepthwiseConv2D).
+or from the real Keras layers (SeparableConv1D, DepthwiseConv1D/2D).
 """
 
+import copy
 import itertools
+import pickle
 import re
 
 import jax
@@ -176,6 +178,45 @@ def test_depthwise_conv2d_matches_keras(kwargs):
       k_layer.compute_output_shape(x.shape))
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(), dict(depth_multiplier=2, padding="same"),
+     dict(strides=2, padding="same", activation="relu"),
+     dict(dilation_rate=2, depth_multiplier=3, use_bias=False),
+     dict(data_format="channels_first", strides=3, kernel_size=4)])
+def test_depthwise_conv1d_matches_keras(kwargs):
+  kwargs = dict(kwargs)
+  kernel_size = kwargs.pop("kernel_size", 3)
+  channels_first = kwargs.get("data_format") == "channels_first"
+  x = _rng(5).standard_normal((2, 3, 11) if channels_first
+                              else (2, 11, 3)).astype(np.float32)
+  k_layer = keras.layers.DepthwiseConv1D(kernel_size, **kwargs)
+  expected = np.asarray(k_layer(x))
+  params = dict(zip(["kernel", "bias"], k_layer.get_weights()))
+  ours = sepconv_jax.DepthwiseConv1D(kernel_size, **kwargs)
+  variables = ours.init(jax.random.key(0), x)
+  assert jax.tree.map(jnp.shape, variables["params"]) == jax.tree.map(
+      jnp.shape, params)
+  np.testing.assert_allclose(ours.apply({"params": params}, x), expected,
+                             **TOL)
+  assert ours.compute_output_shape((None, *x.shape[1:])) == tuple(
+      k_layer.compute_output_shape((None, *x.shape[1:])))
+
+
+def test_depthwise_conv1d_explicit_pads_stand_for_causal():
+  """Keras refuses "causal" for DepthwiseConv1D; the explicit pair the
+  message suggests is what "causal" would be: zeros on the left only."""
+  x = _rng(6).standard_normal((2, 9, 3)).astype(np.float32)
+  k = _rng(7).standard_normal((3, 3, 2)).astype(np.float32)
+  layer = sepconv_jax.DepthwiseConv1D(3, padding=((4, 0),), dilation_rate=2,
+                                      depth_multiplier=2, use_bias=False)
+  y = layer.apply({"params": {"kernel": k}}, x)
+  expected = ref_depthwise(np.pad(x, ((0, 0), (4, 0), (0, 0))), k, (1,),
+                           "valid", (2,))
+  np.testing.assert_allclose(y, expected, **TOL)
+  assert y.shape == (2, 9, 6)
+
+
 @pytest.mark.parametrize("mode", sepconv_jax.PADDING_MODES)
 def test_depthwise_conv2d_padding_matches_reference(mode):
   x, dk, _, _ = _arrays(2, 3, 2, 1, False, seed=5)
@@ -204,33 +245,42 @@ def test_separable_conv3d_leading_dims_and_unbatched():
 # ----------------------------------------------------------------- NNX
 
 
-def _nnx_layers():
+def _nnx_layers(index):
+  """The `index`-th (NNX layer, linen twin, input shape); only it is built."""
   rngs = nnx.Rngs(0)
   common = dict(depthwise_regularizer="l2", bias_regularizer="l1",
                 activity_regularizer=sepconv_jax.regularizers.L2(0.1),
                 activation="relu", bias_initializer="random_normal")
   return [
-      (NNX[1](3, 4, 3, padding="causal", depth_multiplier=2, **common,
-              rngs=rngs),
-       LINEN[1](4, 3, padding="causal", depth_multiplier=2, **common),
-       (2, 9, 3)),
-      (NNX[2](3, 4, (3, 2), strides=2, padding="same", **common, rngs=rngs),
-       LINEN[2](4, (3, 2), strides=2, padding="same", **common), (2, 7, 6, 3)),
-      (NNX[3](2, 3, 2, padding=((1, 0), (0, 1), (1, 1)),
-              padding_mode="reflect", data_format="channels_first", **common,
-              rngs=rngs),
-       LINEN[3](3, 2, padding=((1, 0), (0, 1), (1, 1)), padding_mode="reflect",
-                data_format="channels_first", **common), (2, 2, 4, 5, 4)),
-      (sepconv_jax.nnx.DepthwiseConv2D(3, 3, depth_multiplier=2, **common,
-                                       rngs=rngs),
-       sepconv_jax.DepthwiseConv2D(3, depth_multiplier=2, **common),
-       (2, 7, 6, 3)),
-  ]
+      lambda: (NNX[1](3, 4, 3, padding="causal", depth_multiplier=2,
+                      **common, rngs=rngs),
+               LINEN[1](4, 3, padding="causal", depth_multiplier=2, **common),
+               (2, 9, 3)),
+      lambda: (NNX[2](3, 4, (3, 2), strides=2, padding="same", **common,
+                      rngs=rngs),
+               LINEN[2](4, (3, 2), strides=2, padding="same", **common),
+               (2, 7, 6, 3)),
+      lambda: (NNX[3](2, 3, 2, padding=((1, 0), (0, 1), (1, 1)),
+                      padding_mode="reflect", data_format="channels_first",
+                      **common, rngs=rngs),
+               LINEN[3](3, 2, padding=((1, 0), (0, 1), (1, 1)),
+                        padding_mode="reflect", data_format="channels_first",
+                        **common), (2, 2, 4, 5, 4)),
+      lambda: (sepconv_jax.nnx.DepthwiseConv2D(3, 3, depth_multiplier=2,
+                                               **common, rngs=rngs),
+               sepconv_jax.DepthwiseConv2D(3, depth_multiplier=2, **common),
+               (2, 7, 6, 3)),
+      lambda: (sepconv_jax.nnx.DepthwiseConv1D(3, 3, strides=2,
+                                               padding="same", **common,
+                                               rngs=rngs),
+               sepconv_jax.DepthwiseConv1D(3, strides=2, padding="same",
+                                           **common), (2, 9, 3)),
+  ][index]()
 
 
-@pytest.mark.parametrize("index", range(4))
+@pytest.mark.parametrize("index", range(5))
 def test_nnx_matches_linen_for_the_same_weights(index):
-  nnx_layer, linen_layer, shape = _nnx_layers()[index]
+  nnx_layer, linen_layer, shape = _nnx_layers(index)
   x = _rng(index).standard_normal(shape).astype(np.float32)
   params = {name: value[...] for name, value in
             nnx.to_flat_state(nnx.state(nnx_layer, nnx.Param))
@@ -247,6 +297,62 @@ def test_nnx_matches_linen_for_the_same_weights(index):
   assert len(jax.tree_util.tree_leaves(losses)) == 3  # depthwise, bias, activity
   np.testing.assert_allclose(sepconv_jax.regularization_loss(losses),
                              sepconv_jax.regularization_loss(state), rtol=1e-6)
+
+
+def test_nnx_resolves_once_and_again_after_an_argument_is_set(monkeypatch):
+  made = []
+  resolve = sepconv_jax._layers.layer_config
+
+  def counting(layer, rank, family):
+    made.append(id(layer))
+    return resolve(layer, rank, family)
+
+  monkeypatch.setattr(sepconv_jax._layers, "layer_config", counting)
+  layer = sepconv_jax.nnx.DepthwiseConv1D(3, 3, rngs=nnx.Rngs(0))
+  assert len(made) == 1
+  x = -np.abs(_rng(8).standard_normal((2, 9, 3))).astype(np.float32) - 1.0
+  for _ in range(3):
+    layer(x)
+    layer.compute_output_shape(x.shape)
+    layer.keras_constraints()
+  assert len(made) == 1
+  assert float(np.min(layer(x))) < 0  # Linear.
+  layer.activation = "relu"  # Resolved again, when next used.
+  assert float(np.min(layer(x))) == 0.0
+  assert len(made) == 2
+  layer.kernel = nnx.Param(layer.kernel[...] * 2)  # A param: nothing to do.
+  layer(x)
+  assert len(made) == 2
+  layer.dilation_rate = 0  # A bad value fails when next used.
+  with pytest.raises(ValueError, match=re.escape("`dilation_rate` (=0)")):
+    layer(x)
+
+
+def test_nnx_graph_jit_pickle_and_copy_ignore_the_resolved_config():
+  x = _rng(9).standard_normal((2, 7, 6, 3)).astype(np.float32)
+  a = sepconv_jax.nnx.DepthwiseConv2D(3, 3, activation="relu",
+                                      rngs=nnx.Rngs(0))
+  b = sepconv_jax.nnx.DepthwiseConv2D(3, 3, activation="relu",
+                                      rngs=nnx.Rngs(1))
+  graph_a, state_a = nnx.split(a)
+  graph_b, _ = nnx.split(b)
+  assert graph_a == graph_b and hash(graph_a) == hash(graph_b)
+  assert {path[-1] for path, _ in nnx.to_flat_state(state_a)} == {"kernel",
+                                                                  "bias"}
+  traces = []
+
+  @nnx.jit
+  def run(layer, x):
+    traces.append(None)
+    return layer(x)
+
+  for layer in (a, b, a):
+    np.testing.assert_allclose(np.asarray(run(layer, x)),
+                               np.asarray(layer(x)), **TOL)
+  assert len(traces) == 1  # Equal layers share one trace.
+  for twin in (pickle.loads(pickle.dumps(a)), copy.deepcopy(a)):
+    np.testing.assert_array_equal(np.asarray(twin(x)), np.asarray(a(x)))
+    assert twin.to_keras_config() == a.to_keras_config()
 
 
 def test_nnx_trains_under_jit_with_optimizer_and_constraints():

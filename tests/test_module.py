@@ -6,8 +6,10 @@ forms; params are set explicitly from NumPy where values matter.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
+import pickle
 import zlib
 
 import flax
@@ -267,6 +269,40 @@ def test_data_format_none_reads_keras_json(monkeypatch, tmp_path):
   assert variables["params"]["depthwise_kernel"].shape == (2, 2, 3, 1)
   p = _params(rng, 2, 2, 3, 1, 2)
   assert_close(layer.apply({"params": p}, x), _ref(x, p, 1, "valid", 1, CF))
+
+
+def test_arguments_are_resolved_once_per_instance(monkeypatch):
+  """Each module instance (Flax clones one per init/apply) validates and
+  resolves its arguments once, when made; calls reuse that."""
+  made = []
+  resolve = sepconv_jax._layers.layer_config
+
+  def counting(layer, rank, family):
+    made.append(id(layer))
+    return resolve(layer, rank, family)
+
+  monkeypatch.setattr(sepconv_jax._layers, "layer_config", counting)
+  layer = SeparableConv2D(4, 3, padding="same", pointwise_constraint="non_neg")
+  assert len(made) == 1
+  x = jnp.ones((1, 6, 6, 2))
+  for _ in range(3):
+    assert layer.compute_output_shape(x.shape) == (1, 6, 6, 4)
+    assert list(layer.keras_constraints()) == ["pointwise_kernel"]
+  assert len(made) == 1
+  variables = layer.init(KEY, x)
+  for _ in range(3):
+    layer.apply(variables, x)
+  assert len(made) == len(set(made))  # No instance resolved twice.
+
+
+def test_pickled_and_copied_modules_resolve_again():
+  layer = SeparableConv2D(4, 3, activation="relu", depthwise_regularizer="l2")
+  x = _input(_rng("pickle"), (2,), 5, 5, 3, CL)
+  variables = layer.init(KEY, x)
+  for twin in (pickle.loads(pickle.dumps(layer)), copy.deepcopy(layer),
+               copy.copy(layer)):
+    assert twin == layer and hash(twin) == hash(layer)
+    assert_close(twin.apply(variables, x), layer.apply(variables, x))
 
 
 # --------------------------------------------------------------------------
