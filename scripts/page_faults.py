@@ -2,7 +2,7 @@
 
 XLA:CPU allocates each call's outputs afresh, so how glibc's allocator
 treats a freed block decides whether the next call faults it in again
-(README, "The allocator"). The outcome can differ from one process to the
+(docs/performance.md, "The allocator"). The outcome can differ from one process to the
 next, so run this several times under each setting and compare::
 
   for i in $(seq 10); do python scripts/page_faults.py; done

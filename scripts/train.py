@@ -105,7 +105,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                       help="no progress bar (the line per epoch stays)")
   dist = parser.add_argument_group(
       "multi-host", "JAX's multi-controller runtime: start one process per"
-      " host; see the README")
+      " host; see docs/training.md")
   dist.add_argument("--distributed", action="store_true",
                     help="call jax.distributed.initialize() first; with no"
                     " other flag, the cluster (TPU pod, Slurm, Open MPI) is"

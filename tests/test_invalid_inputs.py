@@ -16,7 +16,7 @@ NaN and infinite sizes) for the functions, the module's constructor, its
   for arrays, its shape.
 
 ``REPRESENTATIVE`` holds one hand-picked case per kind of bad input; the
-README's table of errors is generated from it.
+table of errors in docs/errors.md shows the kinds it covers.
 """
 
 from __future__ import annotations
@@ -659,7 +659,7 @@ def test_huge_strides_do_not_leak_overflow(huge):
 
 
 # --------------------------------------------------------------------------
-# One representative case per kind: the README's error table.
+# One representative case per kind: the table of docs/errors.md.
 # --------------------------------------------------------------------------
 REPRESENTATIVE = [
     Case("`strides` a float", _fn(True, strides=2.0), ("strides",),

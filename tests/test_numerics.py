@@ -3,7 +3,7 @@
 Every test runs under "auto" and every implementation of
 ``tests/implementations.py``'s `BROAD`.
 
-Promises checked here (and stated in the README):
+Promises checked here (and stated in docs/reliability.md):
 
 * Gradients: second-order ``check_grads`` in float64, reverse mode and
   forward mode separately, for the function and the module, with respect to
@@ -537,7 +537,7 @@ def test_bit_identical_across_processes():
 
 # --------------------------------------------------------------------------
 # scripts/large_input.py, on a small size (the 2048x2048 run is manual:
-# `python scripts/large_input.py`, figures in the README).
+# `python scripts/large_input.py`, figures in docs/reliability.md).
 # --------------------------------------------------------------------------
 def _large_input(*args):
   return subprocess.run(
