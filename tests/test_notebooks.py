@@ -1,8 +1,10 @@
 """Executes every notebook in notebooks/; a cell that raises fails the test.
 
 The notebooks run concurrently, each in its own subprocess (nbclient, a fresh
-python3 kernel), so the wall time is about that of the slowest. The committed
-files must also carry their executed outputs (the plots embedded as PNG), so
+python3 kernel), so the wall time is about that of the slowest. They run with
+``SEPCONV_NOTEBOOK_QUICK=1``, which the training notebook reads to train one
+epoch of one seed (every cell still runs). The committed files must also
+carry their executed outputs (the plots embedded as PNG) from full runs, so
 that they read without rerunning.
 """
 
@@ -44,7 +46,8 @@ _RUNNER = textwrap.dedent("""
 def executions(tmp_path_factory):
   """Starts every notebook at once; each test waits for its own."""
   out_dir = tmp_path_factory.mktemp("executed")
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
+             SEPCONV_NOTEBOOK_QUICK="1")
   started = {}
   for path in NOTEBOOKS:
     out = out_dir / path.name
