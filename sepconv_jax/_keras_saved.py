@@ -4,8 +4,8 @@
 ``SeparableConv2D``, ``DepthwiseConv1D`` and ``DepthwiseConv2D`` layers
 (Keras's aliases such as ``SeparableConvolution2D`` included) out of a
 ``.keras`` archive, or a ``.weights.h5`` file with its model config, as linen
-modules and their variables. It sits above the layers: the only module of
-the package that imports them. h5py is imported when it runs; Keras never.
+modules and their variables. It sits above the layers, the one Keras module
+that imports them. h5py is imported when it runs; Keras never.
 """
 
 from __future__ import annotations
@@ -35,9 +35,6 @@ _READ = ", ".join(dict.fromkeys(_CANONICAL.values()))
 
 _MODEL_CLASSES = ("Functional", "Sequential", "Model")
 _WEIGHTS_H5 = "model.weights.h5"
-
-
-_is_builtin = _keras_serial.is_builtin
 
 
 def _mentioned_layer(value: Any) -> Optional[str]:
@@ -118,7 +115,7 @@ def _walk(model: Mapping, h5: Any, group: str, prefix: str, found: dict,
           allow_frozen: bool, file_path: str) -> None:
   """Adds every layer we read of `model` (and its sub-models) to `found`."""
   class_name = model.get("class_name")
-  if class_name not in _MODEL_CLASSES or not _is_builtin(model):
+  if class_name not in _MODEL_CLASSES or not _keras_serial.is_builtin(model):
     where = f"layer {prefix[:-1]!r}" if prefix else "the model"
     raise ValueError(
         f"{where} in {file_path!r} is a {class_name!r}"
@@ -150,7 +147,7 @@ def _walk(model: Mapping, h5: Any, group: str, prefix: str, found: dict,
     config = entry.get("config") or {}
     name = prefix + str(config.get("name", entry.get("name", snake)))
     inner = _mentioned_layer(config)
-    if entry_class in _LAYER_CLASSES and _is_builtin(entry):
+    if entry_class in _LAYER_CLASSES and _keras_serial.is_builtin(entry):
       try:
         module = _LAYER_CLASSES[entry_class].from_keras_config(
             config, allow_frozen=allow_frozen)
@@ -168,7 +165,7 @@ def _walk(model: Mapping, h5: Any, group: str, prefix: str, found: dict,
           f" {entry.get('registered_name')!r}, not Keras's {entry_class};"
           " it cannot be honoured"
       )
-    elif entry_class in _MODEL_CLASSES and _is_builtin(entry):
+    elif entry_class in _MODEL_CLASSES and _keras_serial.is_builtin(entry):
       _walk(entry, h5, path, name + "/", found, allow_frozen, file_path)
     elif inner is not None:
       raise ValueError(
@@ -176,7 +173,7 @@ def _walk(model: Mapping, h5: Any, group: str, prefix: str, found: dict,
           f" {inner}; load_keras_layers reads the {_READ} layers of"
           " Functional and Sequential models only"
       )
-    elif not _is_builtin(entry) and path in h5 and any(
+    elif not _keras_serial.is_builtin(entry) and path in h5 and any(
         key != "vars" for key in h5[path]):
       raise ValueError(
           f"layer {name!r} in {file_path!r} is the custom class"

@@ -1,9 +1,11 @@
 """What the Keras-style layers share, in linen and in NNX alike.
 
 A layer is a set of Keras arguments (read here off any object with those
-attributes), a `Family` (which weights it has, their Keras names and shapes)
-and a forward pass through :func:`sepconv_jax._ops.convolve`. The linen and
-NNX modules only hold params and call these functions.
+attributes, and resolved once into a `Config` that the layer keeps in a
+`Resolved`), a `Family` (which weights it has, their Keras names and shapes,
+its Keras peers) and a forward pass through
+:func:`sepconv_jax._ops.convolve`. The linen and NNX modules only hold
+params and call these functions.
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ class Family(NamedTuple):
       channels and ``use_bias``.
     layouts: each weight's shape in words, for messages.
     out_channels: the output channels for a config and the input channels.
-    arguments: the family's own Keras arguments, beyond those every layer
-      takes (:data:`ARGUMENTS`).
+    arguments: the family's own Keras arguments (``filters``), beyond those
+      every layer takes (:func:`keras_arguments` lists them all).
     keras_classes: by spatial rank, the name of the Keras layer class (then
       its aliases); a rank without one has no Keras counterpart.
     causal: whether the 1-D layer takes ``padding="causal"``, as tf.keras's
