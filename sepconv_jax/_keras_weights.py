@@ -104,22 +104,24 @@ def _check_weights(arrays: Mapping[str, np.ndarray], family: _layers.Family,
   if layer is not None:
     cfg = layer._config()  # pylint: disable=protected-access
     sizes = _Sizes(cfg.kernel_size, cfg.depth_multiplier, cfg.filters)
-    source = "the module's"
   else:
     rank = arrays[kernel].ndim - 2
     sizes = _Sizes((None,) * rank, None, None)
-    source = "the weights'"
   channels = None
 
   def check(name, expected, layout):
-    known = (f"kernel_size={_args.shape_pattern(sizes.kernel_size)},"
-             f" in_channels={'?' if channels is None else channels},"
-             f" depth_multiplier={sizes.depth_multiplier or '?'}")
+    known = {"kernel_size": _args.shape_pattern(sizes.kernel_size),
+             "depth_multiplier": sizes.depth_multiplier or "?"}
     if "filters" in family.arguments:
-      known += f", filters={sizes.filters or '?'}"
+      known["filters"] = sizes.filters or "?"
+    known = ", ".join(f"{k}={v}" for k, v in known.items())
+    in_channels = f"in_channels={'?' if channels is None else channels}"
+    if layer is not None:
+      sizes_are = f"`module`'s {known}, and {in_channels} from the weights"
+    else:
+      sizes_are = f"{in_channels}, {known} from the weights"
     _args.check_shape(name, arrays[name].shape, expected,
-                      f"Keras's {layout} with {source} {known}",
-                      where[name])
+                      f"Keras's {layout} for {sizes_are}", where[name])
 
   # The kernel fixes the sizes the others follow; a size still unknown
   # after it (the filters) is read off the first weight that shows it.
