@@ -110,18 +110,19 @@ def _check_weights(arrays: Mapping[str, np.ndarray], family: _layers.Family,
   channels = None
 
   def check(name, expected, layout):
-    known = {"kernel_size": _args.shape_pattern(sizes.kernel_size),
-             "depth_multiplier": sizes.depth_multiplier or "?"}
-    if "filters" in family.arguments:
-      known["filters"] = sizes.filters or "?"
-    known = ", ".join(f"{k}={v}" for k, v in known.items())
     in_channels = f"in_channels={'?' if channels is None else channels}"
+    known = [f"kernel_size={_args.shape_pattern(sizes.kernel_size)}",
+             f"depth_multiplier={sizes.depth_multiplier or '?'}"]
+    if "filters" in family.arguments:
+      known.append(f"filters={sizes.filters or '?'}")
     if layer is not None:
-      sizes_are = f"`module`'s {known}, and {in_channels} from the weights"
+      sizes_are = (f"the module's {', '.join(known)} and the weights'"
+                   f" {in_channels}")
     else:
-      sizes_are = f"{in_channels}, {known} from the weights"
+      ordered = known[:1] + [in_channels] + known[1:]
+      sizes_are = f"the weights' {', '.join(ordered)}"
     _args.check_shape(name, arrays[name].shape, expected,
-                      f"Keras's {layout} for {sizes_are}", where[name])
+                      f"Keras's {layout} with {sizes_are}", where[name])
 
   # The kernel fixes the sizes the others follow; a size still unknown
   # after it (the filters) is read off the first weight that shows it.
@@ -179,7 +180,8 @@ def params_from_keras(weights: Sequence[Any], *,
     >>> {k: v.shape for k, v in params.items()}
     {'depthwise_kernel': (3, 3, 4, 2), 'pointwise_kernel': (1, 1, 8, 16), 'bias': (16,)}
     >>> depthwise = [np.ones((5, 4, 2), np.float32), np.zeros((8,), np.float32)]
-    >>> {k: v.shape for k, v in sepconv_jax.params_from_keras(depthwise).items()}
+    >>> params = sepconv_jax.params_from_keras(depthwise)
+    >>> {k: v.shape for k, v in params.items()}
     {'kernel': (5, 4, 2), 'bias': (8,)}
   """
   if not isinstance(weights, (list, tuple)):

@@ -77,6 +77,11 @@ def _random(shape, seed=0):
   return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
 
 
+def _abstract(make, *args, **kwargs):
+  """An NNX layer with abstract params (no draws): `make(..., rngs=...)`."""
+  return nnx.eval_shape(lambda: make(*args, **kwargs, rngs=nnx.Rngs(0)))
+
+
 def _channels(config, shape):
   return shape[1] if config["data_format"] == "channels_first" else shape[-1]
 
@@ -120,8 +125,8 @@ def test_ported_layer_matches_keras(case):
 
   # NNX: the same, with its own constructor arguments (its params
   # abstract until Keras's replace them).
-  layer = nnx.eval_shape(lambda: NNX[class_name].from_keras_config(
-      config, in_channels=channels, rngs=nnx.Rngs(0)))
+  layer = _abstract(NNX[class_name].from_keras_config, config,
+                    in_channels=channels)
   assert layer.name == case
   assert _json(layer.to_keras_config()) == _json(config)
   for name, value in sepconv_jax.params_from_keras(weights,
@@ -141,13 +146,12 @@ def test_ported_layer_matches_keras(case):
 def test_keras_config_keys_are_keras_own():
   """Each layer writes exactly the keys of its Keras class's get_config()."""
   for class_name, cls in LINEN.items():
-    required = {"filters": 2} if class_name.startswith("Separable") else {}
-    keras_keys = set(getattr(L, class_name)(kernel_size=3,
-                                             **required).get_config())
-    assert set(cls(kernel_size=3, name="x", **required).to_keras_config()) == (
-        keras_keys), class_name
-    layer = nnx.eval_shape(lambda: NNX[class_name](  # pylint: disable=cell-var-from-loop
-        2, kernel_size=3, name="x", **required, rngs=nnx.Rngs(0)))
+    kwargs = dict(kernel_size=3, name="x")
+    if class_name.startswith("Separable"):
+      kwargs["filters"] = 2
+    keras_keys = set(getattr(L, class_name)(**kwargs).get_config())
+    assert set(cls(**kwargs).to_keras_config()) == keras_keys, class_name
+    layer = _abstract(NNX[class_name], 2, **kwargs)
     assert set(layer.to_keras_config()) == keras_keys, class_name
 
 

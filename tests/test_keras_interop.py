@@ -593,20 +593,20 @@ def test_params_from_keras_errors():
   with pytest.raises(ValueError, match=(
       r"`pointwise_kernel` \(weights\[1\], shape=\(1, 1, 2, 4\)\) does not"
       r" fit: expected shape \(1, 1, 6, \?\), Keras's \(1 per spatial dim,"
-      r" in_channels \* depth_multiplier, filters\) for in_channels=2,"
-      r" kernel_size=\(3, 3\), depth_multiplier=3, filters=\? from the"
-      r" weights$")):
+      r" in_channels \* depth_multiplier, filters\) with the weights'"
+      r" kernel_size=\(3, 3\), in_channels=2, depth_multiplier=3,"
+      r" filters=\?$")):
     sepconv_jax.params_from_keras([dk, np.ones((1, 1, 2, 4), np.float32)])
   with pytest.raises(ValueError, match=(
       r"`bias` \(weights\[2\], shape=\(5,\)\) does not fit: expected shape"
-      r" \(4,\), Keras's \(filters,\) for .* filters=4 from the weights$")):
+      r" \(4,\), Keras's \(filters,\) with the weights' .* filters=4$")):
     sepconv_jax.params_from_keras([dk, pk, np.ones(5, np.float32)])
   with pytest.raises(ValueError, match=(
       r"`depthwise_kernel` \(weights\[0\], shape=\(3, 3, 2, 3\)\) does not"
       r" fit: expected shape \(5, 5, \?, 3\), Keras's \(\*kernel_size,"
-      r" in_channels, depth_multiplier\) for `module`'s kernel_size=\(5, 5\),"
-      r" depth_multiplier=3, filters=4, and in_channels=\? from the"
-      r" weights$")):
+      r" in_channels, depth_multiplier\) with the module's"
+      r" kernel_size=\(5, 5\), depth_multiplier=3, filters=4 and the"
+      r" weights' in_channels=\?$")):
     sepconv_jax.params_from_keras(
         [dk, pk, b], module=SeparableConv2D(4, 5, depth_multiplier=3))
   with pytest.raises(ValueError, match=(
