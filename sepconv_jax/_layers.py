@@ -192,7 +192,7 @@ def layer_config(layer: Any, rank: int, family: Family) -> Config:
   """
   _args.check_bool(layer.use_bias, "use_bias")
   _args.check_precision(layer.precision)
-  _args.check_implementation(layer.implementation)
+  _args.check_implementation(layer.implementation, rank)
   _args.check_dtypes(layer.dtype, layer.param_dtype)
   spec = _args.conv_spec(rank, layer.strides, layer.padding,
                          layer.data_format, layer.dilation_rate,

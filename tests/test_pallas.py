@@ -368,3 +368,12 @@ def test_three_dimensions_are_refused_clearly():
                      r" supports 1-D and 2-D convolutions; this one is 3-D"):
     sepconv_jax.depthwise_conv(x, np.ones((2, 2, 2, 2, 1), np.float32),
                                implementation="pallas")
+
+
+def test_three_dimensional_layers_refuse_pallas_at_construction():
+  for make in (lambda: sepconv_jax.SeparableConv3D(4, 3,
+                                                   implementation="pallas"),
+               lambda: sepconv_jax.nnx.SeparableConv3D(
+                   2, 4, 3, implementation="pallas", rngs=nnx.Rngs(0))):
+    with pytest.raises(ValueError, match="supports 1-D and 2-D"):
+      make()
