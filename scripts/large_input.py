@@ -160,9 +160,14 @@ def child(args: argparse.Namespace) -> dict:
 
 
 def implementations() -> list[str]:
-  """"auto" and every registered implementation, without importing jax."""
-  code = ("import sepconv_jax, json; print(json.dumps(list(dict.fromkeys("
-          "('auto',) + tuple(sepconv_jax.IMPLEMENTATIONS)))))")
+  """"auto" and every registered implementation, without importing jax.
+
+  On a CPU "pallas" runs in Pallas's interpreter, which is not meant for
+  images of this size, so it is left out there.
+  """
+  code = ("import sepconv_jax, json, jax; print(json.dumps([i for i in"
+          " dict.fromkeys(('auto',) + tuple(sepconv_jax.IMPLEMENTATIONS))"
+          " if not (i == 'pallas' and jax.default_backend() == 'cpu')]))")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True,
                        text=True, check=True, cwd=_REPO,
                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
