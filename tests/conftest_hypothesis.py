@@ -5,10 +5,10 @@ Two profiles, chosen with the environment variable
 
 * ``ci``: derandomized (the same examples on every run, so CI is
   reproducible), no example database. The property tests of
-  ``tests/test_properties.py`` run 400 examples together, in well under two
-  minutes on two CPU cores.
-* ``thorough``: 25 times as many examples (10,000 in
-  ``tests/test_properties.py``), random (a new search each run; a failure
+  ``tests/test_properties.py`` run 215 examples together, in about a minute
+  on two CPU cores.
+* ``thorough``: 10,000 examples in ``tests/test_properties.py`` and 25
+  times the ci count elsewhere, random (a new search each run; a failure
   prints the ``@reproduce_failure`` blob to replay it)::
 
     SEPCONV_HYPOTHESIS_PROFILE=thorough python -m pytest \
@@ -16,8 +16,9 @@ Two profiles, chosen with the environment variable
         -p no:cacheprovider --hypothesis-show-statistics
 
 Each test sets its count with :func:`examples`, which scales a ci count by
-the active profile; the profile's own ``max_examples`` (100 / 2,500) is the
-default for any test that sets none.
+the active profile (``tests/test_properties.py`` gives both counts); the
+profile's own ``max_examples`` (100 / 2,500) is the default for any test that
+sets none.
 """
 
 from __future__ import annotations
