@@ -6,9 +6,8 @@ the independent float64 NumPy reference of ``tests/reference.py``:
 
 * outputs, over strides 1-3, dilations 1-3, both paddings, both data
   formats, depth multipliers 1-3 and non-square kernels;
-* VJPs (input, both kernels, bias) equal to those of "lax";
-* `jax.test_util.check_grads` in float64, orders 1 and 2, forward and
-  reverse mode, on tiny shapes;
+* VJPs (input, both kernels, bias) equal to those of "lax" (second-order
+  `check_grads` in float64 is in `test_numerics.py`);
 * rank-3 (unbatched) inputs and extra leading batch dims, jit, vmap
   (per-example gradients and vmapped kernels too);
 * bfloat16, with the tolerance stated at `test_bfloat16_against_float64`;
@@ -24,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.test_util import check_grads
 
 import sepconv_jax
 from sepconv_jax import _ops
@@ -59,12 +57,12 @@ _GEOMETRIES = [
     (1, (2, 1), (1, 1), 1),
     (2, 1, (4, 5), 1),
 ]
+# Every geometry with both paddings, the data format alternating.
 _CASES = [
-    (impl, *geom, padding, fmt)
+    (impl, *geom, padding, ("channels_last", "channels_first")[(i + j) % 2])
     for impl in FAST
-    for geom in _GEOMETRIES
-    for padding in ("same", "valid")
-    for fmt in ("channels_last", "channels_first")
+    for i, geom in enumerate(_GEOMETRIES)
+    for j, padding in enumerate(("same", "valid"))
 ]
 
 
@@ -143,8 +141,11 @@ def test_taps_splits_large_stride_1_outputs_and_kernels(
   np.testing.assert_array_equal(y[0, ..., 0], np.outer(count, count))
 
 
-@pytest.mark.parametrize("case", [c for c in _CASES if c[0] == "taps"],
-                         ids=_ids)
+# Every geometry once, the padding and the data format alternating.
+_SPLIT_CASES = [c for c in _CASES if c[0] == "taps"][::2]
+
+
+@pytest.mark.parametrize("case", _SPLIT_CASES, ids=_ids)
 def test_taps_split_forward_matches_references(case, taps_split_everywhere):
   _check_against_references(case)
   assert taps_split_everywhere, "the split forward pass did not run"
@@ -220,40 +221,6 @@ def _check_against_references(case):
 
 
 @pytest.mark.parametrize("impl", FAST)
-@pytest.mark.parametrize("geom", [
-    # (strides, dilation, kernel, multiplier, padding, data_format,
-    #  order of the separable check, order of the depthwise check)
-    (2, 1, (2, 2), 2, "same", "channels_last", 2, 1),
-    (1, 2, (1, 2), 1, "valid", "channels_first", 1, 2),
-], ids=str)
-def test_check_grads_float64(impl, geom):
-  strides, dilation, k, m, padding, fmt, sep_order, dw_order = geom
-  rng = np.random.default_rng(_seed("grads", impl, geom))
-  x, dk, pk, b = _make(rng, 1, 6, 5, 2, k, m, 2, fmt, np.float64)
-  kw = dict(strides=strides, padding=padding, dilation_rate=dilation,
-            data_format=fmt, implementation=impl)
-  with jax.enable_x64(True):
-    args = tuple(jnp.asarray(a, jnp.float64) for a in (x, dk, pk, b))
-
-    @jax.jit
-    def sep(x, dk, pk, b):
-      return sepconv_jax.separable_conv2d(x, dk, pk, b, **kw)
-
-    @jax.jit
-    def dw(x, dk):
-      return sepconv_jax.depthwise_conv2d(x, dk, **kw)
-
-    y = sep(*args)
-    assert y.dtype == jnp.float64
-    np.testing.assert_allclose(
-        np.asarray(y), ref.separable_conv2d(x, dk, pk, b, strides, padding,
-                                            dilation, fmt),
-        rtol=1e-10, atol=1e-10)
-    check_grads(sep, args, order=sep_order, modes=("fwd", "rev"))
-    check_grads(dw, args[:2], order=dw_order, modes=("fwd", "rev"))
-
-
-@pytest.mark.parametrize("impl", FAST)
 def test_forward_mode_and_transforms_match_lax(impl):
   rng = np.random.default_rng(_seed("transforms", impl))
   x, dk, pk, b = _make(rng, 3, 7, 6, 2, (3, 3), 2, 3, "channels_last")
@@ -288,8 +255,8 @@ def test_forward_mode_and_transforms_match_lax(impl):
 
 
 @pytest.mark.parametrize("impl", FAST)
-@pytest.mark.parametrize("fmt", ["channels_last", "channels_first"])
-def test_vmapped_gradients_and_batched_kernels(impl, fmt):
+@pytest.mark.parametrize("fmt", ["channels_first"])  # channels_last:
+def test_vmapped_gradients_and_batched_kernels(impl, fmt):  # test_functional
   # Per-example gradients (vmap of grad: the kernel gradient is batched)
   # and a vmapped kernel (one depthwise kernel per vmapped member), eager
   # and under jit, against "lax".
