@@ -552,7 +552,7 @@ def markdown(report: dict) -> str:
       f"- date: {report['date']}",
       f"- device: {report['device']} ({report['cpu']}, "
       f"{report['cpu_count']} cores)",
-      f"- versions: " + ", ".join(f"{k} {v}" for k, v in
+      "- versions: " + ", ".join(f"{k} {v}" for k, v in
                                    report["versions"].items()),
       f"- load average (1, 5, 15 min) before: {report['load_before']}, "
       f"after: {report['load_after']}; process niceness {report['nice']}",

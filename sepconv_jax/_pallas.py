@@ -41,7 +41,6 @@ import functools
 import jax
 import jax.extend as jex
 import jax.numpy as jnp
-from jax import lax
 from jax.interpreters import ad
 from jax.interpreters import batching
 from jax.interpreters import mlir

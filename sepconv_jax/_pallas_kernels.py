@@ -30,7 +30,6 @@ backend (`pl.pallas_call`'s interpreter), which is how CPU runs them.
 from __future__ import annotations
 
 import functools
-from typing import Optional
 
 import jax
 import jax.numpy as jnp

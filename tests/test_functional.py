@@ -82,9 +82,10 @@ def _spec_out_shape(x_shape, kh, kw, f, strides, padding, dilation, fmt):
 
 
 # --------------------------------------------------------------------------
-# The main grid: padding x (stride, dilation) x kernel, with depth multiplier,
-# data format, odd/even spatial sizes and channel counts cycled through it so
-# every value of each appears many times, in combination with the others.
+# The main grid: padding x (stride, dilation) x three kernels each, with depth
+# multiplier, data format, odd/even spatial sizes and channel counts cycled
+# through it so every value of each appears many times, in combination with
+# the others.
 # --------------------------------------------------------------------------
 
 _PADDINGS = ("valid", "same")
@@ -96,9 +97,14 @@ _CHANNELS = ((3, 2), (1, 3), (4, 1), (2, 4))
 
 
 def _grid():
+  """Every (padding, stride, dilation) with three of the kernels, so that
+  each padding meets every kernel; the rest cycles through the cases."""
+  combos = [(padding, sd, _KERNELS[(i * 3 + j) % len(_KERNELS)])
+            for i, (padding, sd) in enumerate(
+                itertools.product(_PADDINGS, _STRIDE_DILATION))
+            for j in range(3)]
   cases = []
-  for idx, (padding, (s, d), (kh, kw)) in enumerate(
-      itertools.product(_PADDINGS, _STRIDE_DILATION, _KERNELS)):
+  for idx, (padding, (s, d), (kh, kw)) in enumerate(combos):
     fmt, m = _FORMAT_M[idx % len(_FORMAT_M)]
     h, w = _SIZES[idx % len(_SIZES)]
     c, f = _CHANNELS[idx % len(_CHANNELS)]

@@ -22,11 +22,14 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 import pytest
-from flax import linen as nn
 
 import sepconv_jax
 from sepconv_jax import SeparableConv2D
 from sepconv_jax._initializers import KerasInitializer
+
+# Its module-scoped fixtures (saved models, runs) are made once: on one
+# xdist worker (`--dist loadgroup` in pyproject.toml).
+pytestmark = pytest.mark.xdist_group("keras_interop")
 
 L = keras.layers
 I = keras.initializers
@@ -221,48 +224,6 @@ def test_sequential_get_config_and_unzipped_archive(tmp_path):
   got = sepconv_jax.load_keras_layers(folder)
   np.testing.assert_array_equal(got["b"][1]["params"]["pointwise_kernel"],
                                 model.get_layer("b").get_weights()[1])
-
-
-# ---------------------------------------------------------------------------
-# The README's worked example: a small Keras model ported into Flax.
-
-
-def test_readme_worked_example(tmp_path):
-  keras.utils.set_random_seed(1)
-  keras_model = keras.Sequential([
-      keras.Input((16, 16, 3)),
-      L.SeparableConv2D(8, 3, padding="same", activation="relu",
-                        name="sep1"),
-      L.MaxPooling2D(2),
-      L.SeparableConv2D(16, 3, activation="relu", depth_multiplier=2,
-                        depthwise_regularizer=R.L2(1e-4), name="sep2"),
-      L.GlobalAveragePooling2D(),
-      L.Dense(10, name="head"),
-  ])
-  keras_model.save(tmp_path / "small.keras")
-
-  layers = sepconv_jax.load_keras_layers(tmp_path / "small.keras")
-
-  class Small(nn.Module):
-    def setup(self):
-      self.sep1 = layers["sep1"][0]
-      self.sep2 = layers["sep2"][0]
-      self.head = nn.Dense(10)
-
-    def __call__(self, x):
-      x = self.sep1(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
-      x = self.sep2(x)
-      return self.head(x.mean(axis=(1, 2)))
-
-  kernel, bias = keras_model.get_layer("head").get_weights()
-  params = {name: variables["params"] for name, (_, variables) in
-            layers.items()}
-  params["head"] = {"kernel": kernel, "bias": bias}
-  x = _random((2, 16, 16, 3), seed=3)
-  got, state = Small().apply({"params": params}, x, mutable=["losses"])
-  np.testing.assert_allclose(got, keras_model(x), rtol=1e-5, atol=1e-5)
-  assert set(state["losses"]) == {"sep2"}
 
 
 # ---------------------------------------------------------------------------
