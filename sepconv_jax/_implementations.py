@@ -58,16 +58,18 @@ _AUTO_ELSEWHERE = "lax"
 def auto_implementation(platform: Optional[str] = None) -> str:
   """The implementation ``implementation="auto"`` runs on `platform`.
 
-  The policy, from ``scripts/benchmark.py`` (results in
-  ``scripts/benchmark_results/``):
+  The policy, from ``scripts/benchmark.py`` runs (results in
+  ``scripts/benchmark_results/`` and ``docs/performance.md``):
 
   * CPU: ``"taps"``. XLA:CPU runs grouped convolutions as a slow generic
     loop and expands their kernel gradient into a dense ``C x C``
-    convolution; the shifted taps were faster in the forward pass and the
-    training step at every benchmarked shape, strided ones included.
-  * GPU (CUDA, ROCm): ``"lax"``, which beat ``"taps"`` at 6 of the 7
-    canonical shapes at batch 64 on an NVIDIA H200.
+    convolution; the shifted taps were faster everywhere they were
+    measured.
+  * GPU (CUDA, ROCm): ``"lax"``, XLA's native grouped convolution, which
+    was faster than ``"taps"`` on an NVIDIA H200.
   * TPU and anything else: ``"lax"`` (unmeasured).
+  * ``"pallas"`` nowhere, until a benchmark on the platform measures it
+    faster.
 
   The choice is made per lowering platform, not per the backend that
   traces: a function traced on a CPU and exported for CUDA runs ``"lax"``

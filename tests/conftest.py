@@ -10,21 +10,39 @@ Precision: every test runs under ``jax.default_matmul_precision("highest")``
 ``@pytest.mark.precision("default")``; `tests/tolerances.py` holds the
 tolerances of each backend at the default precision, and the skip rule of
 ``@pytest.mark.cpu_only(why)``.
+
+Profiles: the default suite leaves out the tests marked
+``@pytest.mark.full(why)`` (more cases of what the default suite already
+covers, and the longer end-to-end runs); ``SEPCONV_JAX_FULL_TESTS=1`` runs
+them too. The hypothesis profile is separate (`conftest_hypothesis.py`).
+
+Compile time: on a CPU most of the suite's time is XLA compiling small
+programs, so the tests run with LLVM's optimisations off
+(``--xla_backend_optimization_level=0`` in ``XLA_FLAGS``, inherited by the
+subprocesses), a quarter faster. It changes the machine code, not the HLO:
+fusion, buffer assignment (what the memory tests read) and every op's
+semantics stay. Set ``XLA_FLAGS`` yourself to choose otherwise.
 """
 
 import json
 import os
 import tempfile
 
-import jax
-import pytest
+# Before JAX starts its backend (and before any subprocess inherits them).
+os.environ["KERAS_BACKEND"] = "jax"
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = " ".join(filter(None, [
+      os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"]))
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 try:
   from tests import tolerances
 except ImportError:  # tests/ itself on sys.path
   import tolerances
 
-os.environ["KERAS_BACKEND"] = "jax"
+FULL = os.environ.get("SEPCONV_JAX_FULL_TESTS") == "1"
 _KERAS_HOME = tempfile.mkdtemp(prefix="sepconv_jax_keras_home_")
 with open(os.path.join(_KERAS_HOME, "keras.json"), "w") as f:
   json.dump({"backend": "jax", "image_data_format": "channels_last",
@@ -40,6 +58,21 @@ def pytest_configure(config):
   config.addinivalue_line(
       "markers", "cpu_only(why): a CPU-only mechanism; skipped, with `why`,"
       " on other backends")
+  config.addinivalue_line(
+      "markers", "full(why): in the full profile only"
+      " (SEPCONV_JAX_FULL_TESTS=1): more cases of what the default suite"
+      " covers, or a longer end-to-end run")
+
+
+def pytest_collection_modifyitems(config, items):
+  """The default profile deselects the tests marked ``full``."""
+  if FULL:
+    return
+  kept = [item for item in items if not item.get_closest_marker("full")]
+  if len(kept) < len(items):
+    config.hook.pytest_deselected(
+        items=[item for item in items if item.get_closest_marker("full")])
+    items[:] = kept
 
 
 def precision_of(item) -> str:

@@ -14,10 +14,12 @@ import zlib
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import jax
+import jax.numpy as jnp
 import keras
 import numpy as np
 import pytest
 
+import sepconv_jax
 from sepconv_jax import SeparableConv2D
 
 CL, CF = "channels_last", "channels_first"
@@ -50,9 +52,11 @@ _CONV_CONFIGS = (
 
 
 def _cases():
+  """Every conv config through the layer, each with another activation
+  (every activation name against Keras's own function: below)."""
   cases = []
-  for i, act in enumerate(ACTIVATIONS):
-    cases.append(dict(_CONV_CONFIGS[i % len(_CONV_CONFIGS)], activation=act))
+  for i, cfg in enumerate(_CONV_CONFIGS):
+    cases.append(dict(cfg, activation=ACTIVATIONS[(5 * i) % len(ACTIVATIONS)]))
   # softmax-like activations must act on the LAST axis even for
   # channels_first, like Keras: make sure both formats are covered.
   cases.append(dict(_CONV_CONFIGS[0], activation="softmax", data_format=CF))
@@ -134,6 +138,21 @@ def test_compute_output_shape_matches_keras(kwargs, shape):
       filters, **kwargs).compute_output_shape(shape)
   got = SeparableConv2D(filters, **kwargs).compute_output_shape(shape)
   assert tuple(got) == tuple(expected)
+
+
+@pytest.mark.parametrize("fmt", [CL, CF])
+def test_every_activation_name_matches_keras(fmt):
+  """The function each activation name gives the layer, against Keras's
+  `keras.activations.get` on the layer's output layout (softmax and
+  log_softmax act on the last axis whatever the data format, as in
+  Keras)."""
+  x = (3.0 * np.random.default_rng(11).standard_normal(
+      _input_shape(fmt, w=5, c=4))).astype(np.float32)
+  for act in ACTIVATIONS:
+    ours = sepconv_jax._activations.get(act)
+    np.testing.assert_allclose(np.asarray(ours(jnp.asarray(x))),
+                               np.asarray(keras.activations.get(act)(x)),
+                               rtol=1e-5, atol=1e-6, err_msg=act)
 
 
 # Keras 3 activation names beyond the spec's list. Whichever of them our

@@ -6,9 +6,11 @@ Python in a subprocess. The runs are short (a few steps). The subprocesses
 share a persistent compilation cache, so the reruns of one program on one
 device count (the --resume run, the --distributed run) skip compilation.
 
-Two slower tests are opt-in (SEPCONV_JAX_SLOW_TESTS=1): the full default run
-(test accuracy >= 0.97 within 60 s, compilation included), and a real
-two-process run (JAX's multi-controller runtime on CPU, with gloo).
+Three slower tests are in the full profile (SEPCONV_JAX_FULL_TESTS=1): the
+full default run (test accuracy >= 0.97 within 60 s, compilation included),
+a real two-process run (JAX's multi-controller runtime on CPU, with gloo),
+and the --distributed path in one process, which must match the
+stopped-and-resumed run step for step.
 """
 
 from __future__ import annotations
@@ -144,6 +146,7 @@ def test_resume_continues_from_the_checkpoint(resumed_run):
     assert (workdir / name).read_bytes()[:8] == PNG_MAGIC
 
 
+@pytest.mark.full("a third training run")
 def test_distributed_flag_single_process_matches_the_resumed_run(
     resumed_run, compile_cache):
   """--distributed calls jax.distributed.initialize(), then feeds batches
@@ -274,8 +277,7 @@ def test_sharded_step_equals_single_device_and_restore_is_exact(
   assert out["restore_identical_1"] and out["restore_devices_1"] == [1]
 
 
-slow = pytest.mark.skipif(not os.environ.get("SEPCONV_JAX_SLOW_TESTS"),
-                          reason="slow: set SEPCONV_JAX_SLOW_TESTS=1")
+slow = pytest.mark.full("a full training run")
 
 
 @slow
