@@ -39,10 +39,6 @@ from keras.src.backend.jax import random as keras_jax_random
 
 import sepconv_jax
 
-# Its module-scoped fixtures (saved models, runs) are made once: on one
-# xdist worker (`--dist loadgroup` in pyproject.toml).
-pytestmark = pytest.mark.xdist_group("keras_applications")
-
 TOL = dict(rtol=1e-4, atol=1e-4)
 PORTED = ("DepthwiseConv2D", "SeparableConv2D")
 LINEN = {"DepthwiseConv2D": sepconv_jax.DepthwiseConv2D,

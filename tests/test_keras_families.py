@@ -25,10 +25,6 @@ from flax import nnx
 import sepconv_jax
 from test_keras_applications import numpy_draws  # Fast Keras layer builds.
 
-# Its module-scoped fixtures (saved models, runs) are made once: on one
-# xdist worker (`--dist loadgroup` in pyproject.toml).
-pytestmark = pytest.mark.xdist_group("keras_families")
-
 L = keras.layers
 I = keras.initializers
 R = keras.regularizers

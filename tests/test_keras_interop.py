@@ -27,10 +27,6 @@ import sepconv_jax
 from sepconv_jax import SeparableConv2D
 from sepconv_jax._initializers import KerasInitializer
 
-# Its module-scoped fixtures (saved models, runs) are made once: on one
-# xdist worker (`--dist loadgroup` in pyproject.toml).
-pytestmark = pytest.mark.xdist_group("keras_interop")
-
 L = keras.layers
 I = keras.initializers
 R = keras.regularizers

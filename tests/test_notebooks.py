@@ -18,10 +18,6 @@ import textwrap
 
 import pytest
 
-# Its module-scoped fixtures (saved models, runs) are made once: on one
-# xdist worker (`--dist loadgroup` in pyproject.toml).
-pytestmark = pytest.mark.xdist_group("notebooks")
-
 nbformat = pytest.importorskip("nbformat")
 pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")

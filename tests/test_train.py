@@ -26,10 +26,6 @@ import time
 
 import pytest
 
-# Its module-scoped fixtures (saved models, runs) are made once: on one
-# xdist worker (`--dist loadgroup` in pyproject.toml).
-pytestmark = pytest.mark.xdist_group("train")
-
 pytest.importorskip("sklearn", reason="train.py needs the `examples` extra")
 pytest.importorskip("matplotlib", reason="train.py needs the `examples` extra")
 pytest.importorskip("orbax.checkpoint",
