@@ -92,14 +92,14 @@ def test_quick_device_mode_runs_on_cpu(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   proc = subprocess.run(
       [sys.executable, _SCRIPT, "--quick", "--mode", "device",
-       "--implementations", "lax", "pallas", "--dtypes", "bfloat16",
+       "--implementations", "lax", "--dtypes", "bfloat16",
        "--out", str(tmp_path)],
       cwd=_ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   with open(tmp_path / "results.json") as f:
     report = json.load(f)
   assert report["mode"] == "device" and report["quick"] is True
-  assert report["implementations"] == ["lax", "pallas"]
+  assert report["implementations"] == ["lax"]
   assert report["dtypes"] == ["bfloat16"]
   assert report["scan_steps"] >= 2
   roof = report["roofline"]
@@ -110,15 +110,48 @@ def test_quick_device_mode_runs_on_cpu(tmp_path):
   assert len(keys) == len(report["batches"])  # one quick shape
   for key, r in report["results"].items():
     assert r["dtype"] in key and r["flops"] > 0 and r["min_bytes"] > 0
-    for impl in ("lax", "pallas"):
-      assert r[impl]["forward_us"] > 0 and r[impl]["train_us"] > 0, key
-      assert r[impl]["per_call"] == report["scan_steps"]
+    assert r["lax"]["forward_us"] > 0 and r["lax"]["train_us"] > 0, key
+    assert r["lax"]["per_call"] == report["scan_steps"]
   # The cross-check times single calls at the largest batch.
   assert report["cross_check"]
   for key, calls in report["cross_check"].items():
     assert f"b{max(report['batches'])} " in key
     assert calls["lax"]["per_call"] == 1
   md = (tmp_path / "results.md").read_text()
-  assert "`pallas` against the faster of `lax` and PyTorch" in md
   assert "Cross-check of the method" in md
   assert set(report["peers"]) | set(report["skipped"]) == {"torch"}
+
+
+def test_device_report_tables():
+  """The device mode's tables, on a report with every column: pallas and
+  PyTorch (which a CPU run without torch cannot have)."""
+  sys.path.insert(0, os.path.dirname(_SCRIPT))
+  try:
+    import benchmark  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.pop(0)
+  times = lambda f, t: {"forward_us": f, "train_us": t, "per_call": 8}
+  result = {"dtype": "float32", "batch": 64, "shape": "56x56x128->128",
+            "flops": 2e9, "min_bytes": 2e8, "lax": times(140.0, 410.0),
+            "pallas": times(70.0, 205.0), "torch": times(130.0, 440.0)}
+  key = "float32 b64 56x56x128->128"
+  report = {
+      "date": "today", "device": "NVIDIA H200", "backend": "gpu",
+      "cpu": "host", "versions": {"jax": "x"}, "load_before": [0.0],
+      "load_after": [0.0], "implementations": ["lax", "pallas"],
+      "peers": ["torch"], "skipped": {}, "scan_steps": 8, "repeats": 9,
+      "auto": "lax", "results": {key: result},
+      "cross_check": {key: {"lax": times(150.0, 420.0),
+                            "pallas": times(75.0, 210.0),
+                            "torch": times(131.0, 441.0)}},
+      "roofline": {"copy_gbps": 4000.0, "copy_bytes": 1 << 30,
+                   "matmul_n": 8192,
+                   "matmul_gflops": {"float32_default": 395e3,
+                                     "float32_highest": 50e3,
+                                     "bfloat16": 739e3}}}
+  md = benchmark.markdown_device(report)
+  # pallas against the faster of lax (140 us) and PyTorch (130 us): 130/70.
+  assert f"| {key} | 1.86x | 2.00x | 71% |" in md
+  # The roofline: 2e8 bytes at 4 TB/s is 50 us, over the FLOPs' 5 us.
+  assert f"| {key} | 140 | 70 | 130 | 50 | 71% |" in md
+  assert "| 140 / 410 | 150 / 420 | 70 / 205 | 75 / 210 |" in md

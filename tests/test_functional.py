@@ -377,7 +377,11 @@ def test_per_example_grads_under_vmap(impl):
 
 
 @pytest.mark.parametrize("cfg,impl", [
-    pytest.param(_TRANSFORM_CASES[i % 2], impl, id=f"cfg{i % 2}-{impl}")
+    pytest.param(_TRANSFORM_CASES[i % 2], impl, id=f"cfg{i % 2}-{impl}",
+                 # "lax"'s derivatives are JAX's, "auto" runs one of the
+                 # others: the full profile.
+                 marks=(pytest.mark.full("JAX's own derivatives")
+                        if impl in ("lax", "auto") else ()))
     for i, impl in enumerate(_NAMED_IMPLS + ["auto"])])
 def test_check_grads_float64(cfg, impl):
   rng = _rng("grads", str(cfg))

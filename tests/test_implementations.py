@@ -261,9 +261,10 @@ def test_forward_mode_and_transforms_match_lax(impl):
                              atol=1e-5)
 
 
+@pytest.mark.full("per-example gradients: test_functional.py too")
 @pytest.mark.parametrize("impl", FAST)
-@pytest.mark.parametrize("fmt", ["channels_first"])  # channels_last:
-def test_vmapped_gradients_and_batched_kernels(impl, fmt):  # test_functional
+@pytest.mark.parametrize("fmt", ["channels_last", "channels_first"])
+def test_vmapped_gradients_and_batched_kernels(impl, fmt):
   # Per-example gradients (vmap of grad: the kernel gradient is batched)
   # and a vmapped kernel (one depthwise kernel per vmapped member), eager
   # and under jit, against "lax".
