@@ -10,6 +10,7 @@ that they read without rerunning.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 import subprocess
@@ -18,11 +19,12 @@ import textwrap
 
 import pytest
 
-nbformat = pytest.importorskip("nbformat")
-pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")
-pytest.importorskip("matplotlib")
-pytest.importorskip("sklearn")
+# Found, not imported (the kernels import them): collecting this module
+# stays cheap on the worker that does not run it.
+_NEEDS = ("nbformat", "nbclient", "ipykernel", "matplotlib", "sklearn")
+pytestmark = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in _NEEDS),
+    reason="the notebooks need the `test` extra")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -71,6 +73,11 @@ def test_the_notebooks_exist():
                                          "separable_vs_regular.ipynb"}
 
 
+def _nbformat():
+  import nbformat  # pylint: disable=g-import-not-at-top
+  return nbformat
+
+
 def _errors(nb) -> list[str]:
   return [f"cell {i}: {o.get('ename')}: {o.get('evalue')}"
           for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
@@ -95,7 +102,7 @@ def test_notebook_executes_without_errors(executions, name):
   # nbclient raises CellExecutionError (with the cell and its traceback) on
   # the first cell that errors.
   assert proc.returncode == 0, f"{name} failed:\n{stderr[-8000:]}"
-  executed = nbformat.read(out, as_version=4)
+  executed = _nbformat().read(out, as_version=4)
   assert not _errors(executed)
   code = [c for c in executed.cells if c.cell_type == "code"]
   assert code and all(c.get("execution_count") for c in code)
@@ -104,8 +111,8 @@ def test_notebook_executes_without_errors(executions, name):
 @pytest.mark.parametrize("name", [p.name for p in NOTEBOOKS])
 def test_committed_notebook_carries_its_outputs(name):
   """Committed executed, without errors, so it reads without rerunning."""
-  nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
-  nbformat.validate(nb)
+  nb = _nbformat().read(ROOT / "notebooks" / name, as_version=4)
+  _nbformat().validate(nb)
   code = [c for c in nb.cells if c.cell_type == "code"]
   assert all(c.get("execution_count") for c in code), "not executed"
   assert all(c.get("outputs") for c in code), "a code cell has no output"
@@ -115,7 +122,7 @@ def test_committed_notebook_carries_its_outputs(name):
 
 
 def test_research_notebook_embeds_its_plots():
-  nb = nbformat.read(ROOT / "notebooks" / "separable_vs_regular.ipynb",
+  nb = _nbformat().read(ROOT / "notebooks" / "separable_vs_regular.ipynb",
                      as_version=4)
   pngs = [o for c in nb.cells if c.cell_type == "code"
           for o in c.get("outputs", []) if "image/png" in o.get("data", {})]

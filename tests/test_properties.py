@@ -204,11 +204,11 @@ def _assert_within(actual, expected, bound, what):
 # --------------------------------------------------------------------------
 # Properties.
 # --------------------------------------------------------------------------
-#: Examples per property test: 180 in all under the ci profile (under a
+#: Examples per property test: 150 in all under the ci profile (under a
 #: minute on two cores; the costlier a test's examples, the fewer), 10,000
 #: under the thorough one.
 EXAMPLES = {
-    "ci": {"function": 25, "module": 15, "shapes": 120, "batch": 10,
+    "ci": {"function": 25, "module": 15, "shapes": 90, "batch": 10,
            "gradients": 10},
     "thorough": {"function": 2500, "module": 2000, "shapes": 3000,
                  "batch": 1250, "gradients": 1250},

@@ -15,6 +15,7 @@ stopped-and-resumed run step for step.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -26,11 +27,12 @@ import time
 
 import pytest
 
-pytest.importorskip("sklearn", reason="train.py needs the `examples` extra")
-pytest.importorskip("matplotlib", reason="train.py needs the `examples` extra")
-pytest.importorskip("orbax.checkpoint",
-                    reason="train.py needs the `examples` extra")
-pytest.importorskip("tqdm", reason="train.py needs the `examples` extra")
+# Found, not imported (the subprocesses import them): collecting this module
+# stays cheap on the worker that does not run it.
+_EXAMPLES = ("sklearn", "matplotlib", "orbax.checkpoint", "tqdm")
+pytestmark = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in _EXAMPLES),
+    reason="train.py needs the `examples` extra")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "scripts" / "train.py"
