@@ -62,17 +62,22 @@ def _cases():
   cases.append(dict(_CONV_CONFIGS[0], activation="softmax", data_format=CF))
   cases.append(dict(_CONV_CONFIGS[1], activation="log_softmax",
                     data_format=CL))
-  # No activation, and a few more geometry cases.
+  # No activation, and a few more geometry cases (the full profile: the
+  # float64 reference grids cover these geometries).
   cases.append(dict(_CONV_CONFIGS[2], activation=None))
-  cases.append(dict(padding="same", strides=3, dilation_rate=1,
-                    depth_multiplier=2, data_format=CL, use_bias=True,
-                    kernel_size=(5, 2), activation=None))
-  cases.append(dict(padding="same", strides=1, dilation_rate=3,
-                    depth_multiplier=1, data_format=CF, use_bias=True,
-                    kernel_size=3, activation="relu"))
-  cases.append(dict(padding="valid", strides=1, dilation_rate=1,
-                    depth_multiplier=3, data_format=CL, use_bias=False,
-                    kernel_size=1, activation="gelu"))
+  more = pytest.mark.full("more geometries")
+  cases.append(pytest.param(dict(
+      padding="same", strides=3, dilation_rate=1, depth_multiplier=2,
+      data_format=CL, use_bias=True, kernel_size=(5, 2), activation=None),
+                            marks=more))
+  cases.append(pytest.param(dict(
+      padding="same", strides=1, dilation_rate=3, depth_multiplier=1,
+      data_format=CF, use_bias=True, kernel_size=3, activation="relu"),
+                            marks=more))
+  cases.append(pytest.param(dict(
+      padding="valid", strides=1, dilation_rate=1, depth_multiplier=3,
+      data_format=CL, use_bias=False, kernel_size=1, activation="gelu"),
+                            marks=more))
   return cases
 
 

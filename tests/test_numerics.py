@@ -124,9 +124,10 @@ MODES = pytest.mark.parametrize("mode", ["rev", "fwd"])
 
 
 @pytest.mark.parametrize("impl", OWN_DERIVATIVES)
-@pytest.mark.parametrize("cfg,mode", [(_GRAD_CASES[0], "rev"),
-                                      (_GRAD_CASES[1], "rev"),
-                                      (_GRAD_CASES[0], "fwd")],
+@pytest.mark.parametrize("cfg,mode", [
+    (_GRAD_CASES[0], "rev"), (_GRAD_CASES[1], "rev"),
+    # Forward mode: test_module_second_order_grads runs it by default.
+    pytest.param(_GRAD_CASES[0], "fwd", marks=pytest.mark.full("fwd"))],
                          ids=["same-dilated-cf-rev", "valid-strided-cl-rev",
                               "same-dilated-cf-fwd"])
 def test_function_second_order_grads(impl, cfg, mode):
@@ -234,7 +235,10 @@ def test_low_precision_function(impl, dtype_name, case):
   assert np.all(err_d <= 2 * eps * mag_d + (kh * kw + 2) * tiny)
 
 
-@pytest.mark.parametrize("impl", CONCRETE)
+@pytest.mark.parametrize("impl", [
+    i if i != "lax" else pytest.param(i, marks=pytest.mark.full(
+        "the module's dtype rules do not depend on the implementation"))
+    for i in CONCRETE])
 @pytest.mark.parametrize("dtype_name", sorted(LOW))
 def test_low_precision_module(impl, dtype_name):
   """param_dtype and inputs low: low result; dtype=low with float32 params:

@@ -6,11 +6,12 @@ Python in a subprocess. The runs are short (a few steps). The subprocesses
 share a persistent compilation cache, so the reruns of one program on one
 device count (the --resume run, the --distributed run) skip compilation.
 
-Three slower tests are in the full profile (SEPCONV_JAX_FULL_TESTS=1): the
+Four slower tests are in the full profile (SEPCONV_JAX_FULL_TESTS=1): the
 full default run (test accuracy >= 0.97 within 60 s, compilation included),
 a real two-process run (JAX's multi-controller runtime on CPU, with gloo),
-and the --distributed path in one process, which must match the
-stopped-and-resumed run step for step.
+the --distributed path in one process, which must match the
+stopped-and-resumed run step for step, and the eight-device step, which
+must equal the one-device step, with a bit-exact checkpoint restore.
 """
 
 from __future__ import annotations
@@ -252,6 +253,7 @@ _EIGHT_DEVICES = textwrap.dedent("""
 """)
 
 
+@pytest.mark.full("a second training program, on eight devices")
 def test_sharded_step_equals_single_device_and_restore_is_exact(
     tmp_path, compile_cache):
   """On 8 simulated CPU devices: the train step with the batch sharded 8
