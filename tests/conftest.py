@@ -69,12 +69,13 @@ def pytest_configure(config):
 # first and the short ones fill in at the end (one worker is not left
 # running a long module alone). Unlisted modules count as short.
 _MODULE_SECONDS = {
-    "test_numerics.py": 67, "test_pallas.py": 61, "test_train.py": 49,
-    "test_implementations.py": 44, "test_docs.py": 39,
-    "test_functional.py": 37, "test_layers_nd.py": 34,
-    "test_keras_interop.py": 34, "test_properties.py": 31,
-    "test_serialization_transforms.py": 28, "test_benchmark.py": 27,
-    "test_notebooks.py": 27,
+    "test_numerics.py": 61, "test_pallas.py": 50, "test_docs.py": 35,
+    "test_implementations.py": 34, "test_functional.py": 33,
+    "test_layers_nd.py": 29, "test_train.py": 29,
+    "test_serialization_transforms.py": 25, "test_keras_interop.py": 24,
+    "test_benchmark.py": 23, "test_notebooks.py": 21,
+    "test_keras_applications.py": 20, "test_properties.py": 19,
+    "test_initializers.py": 16, "test_keras_parity.py": 15,
 }
 
 
