@@ -64,18 +64,25 @@ def pytest_configure(config):
       " covers, or a longer end-to-end run")
 
 
-# Rough seconds per module on two cores, longest first: `--dist loadscope`
-# hands modules to the two workers in collection order, so the longest go
-# first and the short ones fill in at the end (one worker is not left
-# running a long module alone). Unlisted modules count as short.
+# Seconds per module on two cores (summed durations of the latest run),
+# longest first. `--dist loadscope --no-loadscope-reorder` (pyproject.toml)
+# hands whole modules to the two workers in collection order, so the longest
+# go first and the short ones fill in at the end: one worker is not left
+# running a long module alone. (Without `--no-loadscope-reorder`, xdist
+# orders modules by their number of tests, which puts the few-test,
+# long-running subprocess modules last.) Unlisted modules count as short.
 _MODULE_SECONDS = {
-    "test_numerics.py": 61, "test_pallas.py": 50, "test_docs.py": 35,
-    "test_implementations.py": 34, "test_functional.py": 33,
-    "test_layers_nd.py": 29, "test_train.py": 29,
-    "test_serialization_transforms.py": 25, "test_keras_interop.py": 24,
-    "test_benchmark.py": 23, "test_notebooks.py": 21,
-    "test_keras_applications.py": 20, "test_properties.py": 19,
+    "test_numerics.py": 72, "test_pallas.py": 54,
+    "test_implementations.py": 40, "test_docs.py": 38,
+    "test_functional.py": 37, "test_layers_nd.py": 34,
+    "test_keras_interop.py": 31, "test_train.py": 28,
+    "test_properties.py": 27, "test_serialization_transforms.py": 26,
+    "test_notebooks.py": 24, "test_benchmark.py": 22,
+    "test_keras_applications.py": 20, "test_constraints.py": 18,
     "test_initializers.py": 16, "test_keras_parity.py": 15,
+    "test_module.py": 15, "test_default_precision.py": 11,
+    "test_invalid_inputs.py": 11, "test_regularizers.py": 10,
+    "test_keras_families.py": 8, "test_export.py": 8,
 }
 
 

@@ -5,8 +5,8 @@ Two profiles, chosen with the environment variable
 
 * ``ci``: derandomized (the same examples on every run, so CI is
   reproducible), no example database. The property tests of
-  ``tests/test_properties.py`` run 108 examples together, in under a minute
-  on two CPU cores.
+  ``tests/test_properties.py`` run 100 examples together, in about 20 s on
+  two CPU cores.
 * ``thorough``: 10,000 examples in ``tests/test_properties.py`` and 25
   times the ci count elsewhere, random (a new search each run; a failure
   prints the ``@reproduce_failure`` blob to replay it)::

@@ -75,6 +75,7 @@ def test_quick_benchmark_writes_results(tmp_path):
 
 
 @pytest.mark.cpu_only("glibc's allocator and page faults of XLA:CPU buffers")
+@pytest.mark.full("a measurement script's own test, in a process of its own")
 def test_page_faults_script_reports_one_line():
   proc = subprocess.run(
       [sys.executable, os.path.join(os.path.dirname(_SCRIPT), "page_faults.py"),

@@ -583,6 +583,7 @@ def _large_input(*args):
       env=dict(os.environ, JAX_PLATFORMS="cpu"))
 
 
+@pytest.mark.full("a measurement script's own test, in a process of its own")
 def test_large_input_script_small_size():
   """One run, in its own process. At this size the interpreter alone is
   thousands of times the arrays, so the default 4x limit fails: the figures

@@ -204,12 +204,12 @@ def _assert_within(actual, expected, bound, what):
 # --------------------------------------------------------------------------
 # Properties.
 # --------------------------------------------------------------------------
-#: Examples per property test: 108 in all under the ci profile (under a
-#: minute on two cores; the costlier a test's examples, the fewer), 10,000
-#: under the thorough one.
+#: Examples per property test: 100 in all under the ci profile (about 20 s
+#: on two cores; the costlier a test's examples, the fewer), 10,000 under
+#: the thorough one.
 EXAMPLES = {
-    "ci": {"function": 20, "module": 12, "shapes": 60, "batch": 8,
-           "gradients": 8},
+    "ci": {"function": 14, "module": 8, "shapes": 66, "batch": 6,
+           "gradients": 6},
     "thorough": {"function": 2500, "module": 2000, "shapes": 3000,
                  "batch": 1250, "gradients": 1250},
 }
