@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -120,16 +120,8 @@ def from_keras(value: Any, name: str) -> ConstraintLike:
   """
   if value is None or isinstance(value, str):
     return value
-  if not isinstance(value, Mapping):
-    raise ValueError(
-        f"`{name}` (={value!r}) must be None, a constraint name or a"
-        " serialized Keras constraint (a dict)"
-    )
-  class_name, config = _keras_serial.read(value, name, "constraint",
-                                          _KERAS_CLASSES)
-  config = _keras_serial.with_defaults(
-      config, _keras_serial.field_defaults(_KERAS_CLASSES[class_name]), name,
-      class_name)
+  class_name, config, _ = _keras_serial.read_dataclass(
+      value, name, "constraint", _KERAS_CLASSES)
   _keras_serial.check_real(config, [k for k in config if k != "axis"], name,
                            class_name)
   if "axis" in config:

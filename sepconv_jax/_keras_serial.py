@@ -136,6 +136,35 @@ def field_defaults(cls: type) -> dict[str, Any]:
   return {f.name: f.default for f in dataclasses.fields(cls)}
 
 
+def read_dataclass(value: Any, name: str, kind: str,
+                   classes: Mapping[str, type]) -> tuple[str, dict, dict]:
+  """A serialized Keras object whose classes are our dataclasses.
+
+  Args:
+    value: the serialized object (a dict).
+    name: the argument it came in, for messages.
+    kind: "regularizer", "constraint", ...
+    classes: Keras class name -> our dataclass, whose fields are the
+      class's config and whose field defaults are Keras's.
+
+  Returns:
+    The canonical class name, the config with Keras's defaults filled in,
+    and those defaults.
+
+  Raises:
+    ValueError: for a value that is not a dict, a class not in `classes`,
+      or unknown config keys.
+  """
+  if not isinstance(value, Mapping):
+    raise ValueError(
+        f"`{name}` (={value!r}) must be None, a {kind} name or a serialized"
+        f" Keras {kind} (a dict)"
+    )
+  class_name, config = read(value, name, kind, classes)
+  defaults = field_defaults(classes[class_name])
+  return class_name, with_defaults(config, defaults, name, class_name), defaults
+
+
 def check_real(config: Mapping, keys: Sequence[str], name: str,
                class_name: str) -> None:
   for key in keys:

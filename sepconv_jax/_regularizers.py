@@ -94,15 +94,8 @@ def from_keras(value: Any, name: str) -> RegularizerLike:
   """
   if value is None or isinstance(value, str):
     return value
-  if not isinstance(value, Mapping):
-    raise ValueError(
-        f"`{name}` (={value!r}) must be None, a regularizer name or a"
-        " serialized Keras regularizer (a dict)"
-    )
-  class_name, config = _keras_serial.read(value, name, "regularizer",
-                                          _KERAS_CLASSES)
-  defaults = _keras_serial.field_defaults(_KERAS_CLASSES[class_name])
-  config = _keras_serial.with_defaults(config, defaults, name, class_name)
+  class_name, config, defaults = _keras_serial.read_dataclass(
+      value, name, "regularizer", _KERAS_CLASSES)
   # Keras reads None as the default (0.01 for L1 and L2, 0 for L1L2).
   config = {k: defaults[k] if v is None else v for k, v in config.items()}
   _keras_serial.check_real(config, list(config), name, class_name)
