@@ -470,6 +470,12 @@ def _keras_object(module, class_name, config, registered_name=None):
                              {"mode": "int8", "source_name": "float32"})},
      r"`dtype` .*'QuantizedDTypePolicy' cannot be honoured"),
     ({"dtype": "int8"}, r"`dtype` \(='int8'\) must be one of"),
+    ({"depthwise_regularizer": 0.01},
+     r"`depthwise_regularizer` \(=0.01\) must be None, a regularizer name"
+     r" or a serialized Keras regularizer"),
+    ({"bias_constraint": ["max_norm"]},
+     r"`bias_constraint` \(=\['max_norm'\]\) must be None, a constraint"
+     r" name or a serialized Keras constraint"),
     ({"padding": "causal"}, r"`padding` \(='causal'\)"),
     ({"dtype": _keras_object("keras", "DTypePolicy",
                              {"name": "float32", "x": 1})},
