@@ -316,19 +316,31 @@ _CANONICAL = [  # (H, W, C, F, stride), batch 2 here
 _KERNEL_CALLS = {"cuda": "__gpu$xla.gpu.triton", "tpu": "tpu_custom_call"}
 
 
+# float32 at every canonical shape; bfloat16 (a dtype Mosaic and Triton
+# lay out differently) at a stride-1 and the stride-2 shape.
+_EXPORT_CASES = [pytest.param(shape, "float32", id=str(shape))
+                 for shape in _CANONICAL] + [
+                     pytest.param(_CANONICAL[i], "bfloat16",
+                                  id=f"{_CANONICAL[i]}-bfloat16")
+                     for i in (1, 6)]
+
+
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
-@pytest.mark.parametrize("shape", _CANONICAL, ids=str)
-def test_export_calls_the_kernels_at_the_canonical_shapes(shape, platform):
+@pytest.mark.parametrize("shape,dtype", _EXPORT_CASES)
+def test_export_calls_the_kernels_at_the_canonical_shapes(shape, dtype,
+                                                          platform):
   h, w, c, f, s = shape
-  x = jax.ShapeDtypeStruct((2, h, w, c), jnp.float32)
-  dk = jax.ShapeDtypeStruct((3, 3, c, 1), jnp.float32)
-  pk = jax.ShapeDtypeStruct((1, 1, c, f), jnp.float32)
+  x = jax.ShapeDtypeStruct((2, h, w, c), jnp.dtype(dtype))
+  dk = jax.ShapeDtypeStruct((3, 3, c, 1), jnp.dtype(dtype))
+  pk = jax.ShapeDtypeStruct((1, 1, c, f), jnp.dtype(dtype))
   sep = lambda *a: sepconv_jax.separable_conv2d(
       *a, strides=s, padding="same", implementation="pallas")
-  step = jax.grad(lambda *a: jnp.sum(sep(*a) ** 2), argnums=(0, 1, 2))
+  step = jax.grad(lambda *a: jnp.sum(sep(*a).astype(jnp.float32) ** 2),
+                  argnums=(0, 1, 2))
   for what, fn in (("forward", sep), ("training step", step)):
     text = lowered.lower(fn, x, dk, pk, platforms=(platform,))
     assert _KERNEL_CALLS[platform] in lowered.custom_calls(text), what
+    assert dtype == "float32" or "xbf16>" in text, what  # the bf16 program
     # No fallback: XLA does no convolution, only layout work and the
     # reductions of the kernels' partial sums.
     assert "stablehlo.convolution" not in text, what
