@@ -158,6 +158,29 @@ def test_separable_conv1d_matches_keras(kwargs):
   assert sepconv_jax.SeparableConvolution1D is sepconv_jax.SeparableConv1D
 
 
+def _depthwise_matches_keras(layer, kwargs, spatial, seed, batch):
+  """Keras's `layer` and ours (same class name) on 3 channels: params'
+  names and shapes, outputs with Keras's weights, and the output shape
+  (for an input whose batch size is `batch`: an int or None)."""
+  kwargs = dict(kwargs)
+  kernel_size = kwargs.pop("kernel_size", 3)
+  channels_first = kwargs.get("data_format") == "channels_first"
+  shape = (2, 3, *spatial) if channels_first else (2, *spatial, 3)
+  x = _rng(seed).standard_normal(shape).astype(np.float32)
+  k_layer = getattr(keras.layers, layer)(kernel_size, **kwargs)
+  expected = np.asarray(k_layer(x))
+  params = dict(zip(["kernel", "bias"], k_layer.get_weights()))
+  ours = getattr(sepconv_jax, layer)(kernel_size, **kwargs)
+  variables = ours.init(jax.random.key(0), x)
+  assert jax.tree.map(jnp.shape, variables["params"]) == jax.tree.map(
+      jnp.shape, params)
+  np.testing.assert_allclose(ours.apply({"params": params}, x), expected,
+                             **TOL)
+  asked = (batch, *x.shape[1:])
+  assert ours.compute_output_shape(asked) == tuple(
+      k_layer.compute_output_shape(asked))
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [dict(), dict(depth_multiplier=2, padding="same"),
@@ -166,22 +189,8 @@ def test_separable_conv1d_matches_keras(kwargs):
      dict(data_format="channels_first", strides=(1, 2)),
      dict(kernel_size=(1, 3), activation="tanh")])
 def test_depthwise_conv2d_matches_keras(kwargs):
-  kwargs = dict(kwargs)
-  kernel_size = kwargs.pop("kernel_size", 3)
-  channels_first = kwargs.get("data_format") == "channels_first"
-  x = _rng(4).standard_normal((2, 3, 9, 8) if channels_first
-                              else (2, 9, 8, 3)).astype(np.float32)
-  k_layer = keras.layers.DepthwiseConv2D(kernel_size, **kwargs)
-  expected = np.asarray(k_layer(x))
-  params = dict(zip(["kernel", "bias"], k_layer.get_weights()))
-  ours = sepconv_jax.DepthwiseConv2D(kernel_size, **kwargs)
-  variables = ours.init(jax.random.key(0), x)
-  assert jax.tree.map(jnp.shape, variables["params"]) == jax.tree.map(
-      jnp.shape, params)
-  np.testing.assert_allclose(ours.apply({"params": params}, x), expected,
-                             **TOL)
-  assert ours.compute_output_shape(x.shape) == tuple(
-      k_layer.compute_output_shape(x.shape))
+  _depthwise_matches_keras("DepthwiseConv2D", kwargs, (9, 8), seed=4,
+                           batch=2)
 
 
 @pytest.mark.parametrize(
@@ -191,22 +200,8 @@ def test_depthwise_conv2d_matches_keras(kwargs):
      dict(dilation_rate=2, depth_multiplier=3, use_bias=False),
      dict(data_format="channels_first", strides=3, kernel_size=4)])
 def test_depthwise_conv1d_matches_keras(kwargs):
-  kwargs = dict(kwargs)
-  kernel_size = kwargs.pop("kernel_size", 3)
-  channels_first = kwargs.get("data_format") == "channels_first"
-  x = _rng(5).standard_normal((2, 3, 11) if channels_first
-                              else (2, 11, 3)).astype(np.float32)
-  k_layer = keras.layers.DepthwiseConv1D(kernel_size, **kwargs)
-  expected = np.asarray(k_layer(x))
-  params = dict(zip(["kernel", "bias"], k_layer.get_weights()))
-  ours = sepconv_jax.DepthwiseConv1D(kernel_size, **kwargs)
-  variables = ours.init(jax.random.key(0), x)
-  assert jax.tree.map(jnp.shape, variables["params"]) == jax.tree.map(
-      jnp.shape, params)
-  np.testing.assert_allclose(ours.apply({"params": params}, x), expected,
-                             **TOL)
-  assert ours.compute_output_shape((None, *x.shape[1:])) == tuple(
-      k_layer.compute_output_shape((None, *x.shape[1:])))
+  _depthwise_matches_keras("DepthwiseConv1D", kwargs, (11,), seed=5,
+                           batch=None)
 
 
 def test_depthwise_conv1d_explicit_pads_stand_for_causal():
