@@ -353,7 +353,7 @@ def shape_pattern(expected: Sequence[Any]) -> str:
 
 
 def check_shape(name: str, shape: Sequence[int], expected: Sequence[Any],
-                meaning: str, where: str = "") -> None:
+                meaning: str, where: str = "", hint: str = "") -> None:
   """Checks an array's shape against `expected`; None matches any size.
 
   Args:
@@ -362,6 +362,8 @@ def check_shape(name: str, shape: Sequence[int], expected: Sequence[Any],
     expected: the sizes it must have; None for any size.
     meaning: what the expected sizes are, for the message.
     where: optionally, where the array came from (``"weights[1]"``).
+    hint: optionally, a likely cause and its fix, added to the message
+      (:func:`data_format_hint`, :func:`kernel_layout_hint`).
 
   Raises:
     ValueError: naming the array, its shape and the expected shape, and
@@ -369,16 +371,109 @@ def check_shape(name: str, shape: Sequence[int], expected: Sequence[Any],
   """
   shape = tuple(shape)
   label = f"`{name}` ({where + ', ' if where else ''}shape={shape})"
+  hint = f"; {hint}" if hint else ""
   if len(shape) != len(expected):
     raise ValueError(
         f"{label} has rank {len(shape)}, but rank {len(expected)} is"
-        f" needed: expected shape {shape_pattern(expected)}, {meaning}"
+        f" needed: expected shape {shape_pattern(expected)}, {meaning}{hint}"
     )
   if not all(e is None or s == e for s, e in zip(shape, expected)):
     raise ValueError(
         f"{label} does not fit: expected shape {shape_pattern(expected)},"
-        f" {meaning}"
+        f" {meaning}{hint}"
     )
+
+
+def data_format_hint(spec: ConvSpec, inputs_shape: Sequence[Any],
+                     kernel_channels: Any) -> str:
+  """Says so when the input's channels sit where the other format has them.
+
+  A channels-first input to a channels-last layer (or the reverse) shows
+  the kernel's channel count on the other format's channel axis.
+
+  Args:
+    spec: the convolution's configuration.
+    inputs_shape: the input's shape.
+    kernel_channels: the depthwise kernel's input channel count.
+
+  Returns:
+    The hint, naming `data_format` and the axis move; "" when the shapes
+    do not suggest it.
+  """
+  shape = tuple(inputs_shape)
+  if len(shape) < spec.rank + 1 or kernel_channels is None:
+    return ""
+  first_axis, last_axis = len(shape) - spec.rank - 1, len(shape) - 1
+  axis, other_axis, other = (
+      (last_axis, first_axis, CHANNELS_FIRST) if spec.channels_last
+      else (first_axis, last_axis, CHANNELS_LAST))
+  if shape[other_axis] != kernel_channels or shape[axis] == kernel_channels:
+    return ""
+  current = CHANNELS_FIRST if other == CHANNELS_LAST else CHANNELS_LAST
+  return (
+      f"`inputs` (shape={shape}) has the kernel's {kernel_channels} channels"
+      f" on axis {other_axis}, where {other} keeps them, but `data_format`"
+      f" is {current!r} (channels on axis {axis}): pass"
+      f" data_format={other!r}, or move the channels with"
+      f" `jnp.moveaxis(inputs, {other_axis}, {axis})`"
+  )
+
+
+def kernel_layout_hint(name: str, shape: Sequence[int], rank: int,
+                       channels: Any = None) -> str:
+  """Says how a depthwise kernel was read, when it looks like another layout.
+
+  Keras's layout is ``(*kernel_size, in_channels, depth_multiplier)``.
+  PyTorch's depthwise ``Conv2d(groups=C)`` weight is ``(C * M, 1, kh, kw)``
+  and Flax's grouped ``nn.Conv(feature_group_count=C)`` kernel is
+  ``(kh, kw, 1, C * M)``: read as Keras's they give a wrong kernel size or
+  channel count, and the error then falls on another array.
+
+  Args:
+    name: the kernel's name in the message.
+    shape: its shape.
+    rank: the number of spatial dims.
+    channels: the input channel count, if known.
+
+  Returns:
+    How the kernel was read and the transpose (or reshape) to Keras's
+    layout; "" when the shape looks like neither.
+  """
+  shape = tuple(shape)
+  if len(shape) != rank + 2:
+    return ""
+  read = (f"`{name}` (shape={shape}) was read in Keras's layout (*kernel_size,"
+          f" in_channels, depth_multiplier) as kernel_size={shape[:-2]},"
+          f" in_channels={shape[-2]}, depth_multiplier={shape[-1]}")
+  # Each reading must fit the input's channels, and differ from Keras's in
+  # what the other arrays would need (in_channels * depth_multiplier).
+  keras_reading_fits = channels == shape[-2]
+  if (shape[1] == 1
+      and (channels is None or shape[0] % channels == 0)
+      and not (keras_reading_fits and shape[0] == shape[-2] * shape[-1])):
+    kernel = shape[2:]
+    c = shape[0] if channels is None else channels
+    m = shape[0] // c
+    source = name if m == 1 else f"{name}.reshape{(c, m, *kernel)}"
+    perm = (*range(2, rank + 2), 0, 1)
+    return (
+        f"{read}, but it looks like PyTorch's (in_channels * depth_multiplier,"
+        f" 1, *kernel_size): for Keras's layout pass"
+        f" `jnp.transpose({source}, {perm})` (shape {(*kernel, c, m)}"
+        + (")" if channels is not None else ", if the depth multiplier is 1)")
+    )
+  if (shape[-2] == 1 and channels != 1
+      and (channels is None or shape[-1] % channels == 0)):
+    kernel = shape[:-2]
+    c = shape[-1] if channels is None else channels
+    m = shape[-1] // c
+    return (
+        f"{read}, but it looks like Flax's grouped nn.Conv kernel"
+        f" (*kernel_size, 1, in_channels * depth_multiplier): for Keras's"
+        f" layout pass `{name}.reshape{(*kernel, c, m)}`"
+        + ("" if channels is not None else " (if the depth multiplier is 1)")
+    )
+  return ""
 
 
 def batch_count(leading: Sequence[int]) -> int:

@@ -70,6 +70,18 @@ def _infer_family(arrays: Sequence[np.ndarray]) -> tuple[_layers.Family, bool]:
   return best
 
 
+# A float64 Keras layer ported with JAX's default (x64 off) has float32
+# weights: Keras made its variables with JAX.
+_X64_HINT = (
+    "; JAX's 64-bit types are off (its default), so the weights were made"
+    " 32-bit: enable them with jax.config.update(\"jax_enable_x64\", True)"
+    " before any array is created (Keras's weights included), or port the"
+    " layer as float32: from_keras_config({**config, \"dtype\": \"float32\"}),"
+    " or for a linen module module.clone(dtype=jnp.float32,"
+    " param_dtype=jnp.float32)"
+)
+
+
 def _check_weights(arrays: Mapping[str, np.ndarray], family: _layers.Family,
                    layer: Any, where: Mapping[str, str]) -> None:
   """Checks the dtypes and shapes of named weights against each other.
@@ -99,6 +111,9 @@ def _check_weights(arrays: Mapping[str, np.ndarray], family: _layers.Family,
       raise ValueError(
           f"`{name}` ({where[name]}, dtype={a.dtype}, shape={a.shape}) must"
           f" have dtype {want_dtype}, {reason}"
+          + (_X64_HINT if want_dtype.itemsize == 8
+             and a.dtype.itemsize < 8 and not jax.config.jax_enable_x64
+             else "")
       )
 
   if layer is not None:
@@ -122,11 +137,16 @@ def _check_weights(arrays: Mapping[str, np.ndarray], family: _layers.Family,
       ordered = known[:1] + [in_channels] + known[1:]
       sizes_are = f"the weights' {', '.join(ordered)}"
     _args.check_shape(name, arrays[name].shape, expected,
-                      f"Keras's {layout} with {sizes_are}", where[name])
+                      f"Keras's {layout} with {sizes_are}", where[name],
+                      hint=layout_hint)
 
   # The kernel fixes the sizes the others follow; a size still unknown
   # after it (the filters) is read off the first weight that shows it.
   shape = arrays[kernel].shape
+  # A kernel in PyTorch's or Flax's grouped layout reads as a wrong Keras
+  # kernel: every shape message then says how it was read.
+  layout_hint = _args.kernel_layout_hint(where[kernel], shape,
+                                         len(sizes.kernel_size))
   check(kernel, sizes.kernel_size + (None, sizes.depth_multiplier),
         family.layouts["depthwise"])
   sizes = sizes._replace(kernel_size=shape[:-2], depth_multiplier=shape[-1])

@@ -236,14 +236,29 @@ def input_channels(cfg: Config, x: jax.Array) -> tuple[tuple, int]:
 
 
 def check_param_shape(name: str, existing: tuple, shape: tuple,
-                      inputs_shape: tuple) -> None:
-  """Rejects a loaded param whose shape does not fit the input."""
-  if tuple(existing) != tuple(shape):
-    raise ValueError(
-        f"`{name}` (shape={tuple(existing)}) does not fit `inputs`"
-        f" (shape={tuple(inputs_shape)}): this layer needs shape {shape};"
-        " were the params built for another channel count or configuration?"
-    )
+                      inputs_shape: tuple, spec: _args.ConvSpec,
+                      depthwise: bool = False) -> None:
+  """Rejects a loaded param whose shape does not fit the input.
+
+  For the depthwise kernel the message also names the likely cause, when
+  the shapes suggest one: an input in the other `data_format`, or a kernel
+  in PyTorch's or Flax's grouped layout.
+  """
+  existing, shape = tuple(existing), tuple(shape)
+  if existing == shape:
+    return
+  hint = ""
+  if depthwise and len(existing) == spec.rank + 2:
+    hint = (_args.data_format_hint(spec, inputs_shape, existing[-2])
+            or _args.kernel_layout_hint(name, existing, spec.rank,
+                                        shape[-2]))
+  raise ValueError(
+      f"`{name}` (shape={existing}) does not fit `inputs`"
+      f" (shape={tuple(inputs_shape)}): this layer needs shape {shape};"
+      + (f" {hint}" if hint else
+         " were the params built for another channel count or"
+         " configuration?")
+  )
 
 
 def forward(cfg: Config, x: jax.Array, params: dict[str, jax.Array], *,

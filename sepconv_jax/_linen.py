@@ -50,12 +50,15 @@ class _KerasConv(nn.Module):
   def _config(self) -> _layers.Config:
     return self._resolved.get(self._resolve)
 
-  def _param(self, name: str, init: Callable, shape: tuple,
+  def _param(self, weight: str, init: Callable, shape: tuple,
              inputs_shape: tuple) -> jax.Array:
     """`self.param`, with a clear error when loaded params do not fit."""
+    name = self.FAMILY.param_names[weight]
     if self.has_variable("params", name):
       existing = jnp.shape(nn.meta.unbox(self.get_variable("params", name)))
-      _layers.check_param_shape(name, existing, shape, inputs_shape)
+      _layers.check_param_shape(name, existing, shape, inputs_shape,
+                                self._config().spec,
+                                depthwise=weight == "depthwise")
     elif not self.is_mutable_collection("params"):
       raise ValueError(
           f"`{name}` (shape={shape}) is missing from the params given to"
@@ -80,8 +83,7 @@ class _KerasConv(nn.Module):
     leading, channels = _layers.input_channels(cfg, x)
     shapes = self.FAMILY.param_shapes(cfg, channels, self.use_bias)
     params = {
-        w: self._param(self.FAMILY.param_names[w], cfg.initializers[w],
-                       shape, tuple(x.shape))
+        w: self._param(w, cfg.initializers[w], shape, tuple(x.shape))
         for w, shape in shapes.items()
     }
     y = _layers.forward(cfg, x, params, dtype=self.dtype,

@@ -112,7 +112,8 @@ class _KerasConv(nnx.Module):
     for w, shape in shapes.items():
       name = self.FAMILY.param_names[w]
       params[w] = getattr(self, name)[...]
-      _layers.check_param_shape(name, jnp.shape(params[w]), shape, x.shape)
+      _layers.check_param_shape(name, jnp.shape(params[w]), shape, x.shape,
+                                cfg.spec, depthwise=w == "depthwise")
     y = _layers.forward(cfg, x, params, dtype=self.dtype,
                         precision=self.precision,
                         implementation=self.implementation)

@@ -71,10 +71,18 @@ def convolve(
   dk = _args.as_array(depthwise_kernel, "depthwise_kernel")
   leading, spatial, channels = _args.split_shape(spec, x.shape)
   _args.check_channels(channels, shape=x.shape)
+  # A kernel in another library's layout is read as a wrong but valid
+  # Keras kernel, and a later array gets the blame: each message says how
+  # the kernel was read, when its shape suggests that.
+  layout_hint = _args.kernel_layout_hint("depthwise_kernel", dk.shape, n,
+                                         channels)
+  kernel_channels = dk.shape[-2] if dk.ndim == n + 2 else None
   _args.check_shape(
       "depthwise_kernel", dk.shape, (None,) * n + (channels, None),
       f"the kernel's {n} spatial sizes, the {channels} input channels of"
       f" `inputs` (shape={tuple(x.shape)}), then the depth multiplier",
+      hint=(_args.data_format_hint(spec, x.shape, kernel_channels)
+            or layout_hint),
   )
   if min(dk.shape) < 1:
     raise ValueError(
@@ -90,7 +98,7 @@ def convolve(
     _args.check_shape(
         "pointwise_kernel", pk.shape, (1,) * n + (out_channels, None),
         f"1x1 with {out_channels} = channels * depth multiplier inputs, then"
-        " the filters",
+        " the filters", hint=layout_hint,
     )
     if pk.shape[-1] < 1:
       raise ValueError(
@@ -101,7 +109,8 @@ def convolve(
   if bias is not None:
     b = _args.as_array(bias, "bias")
     _args.check_shape("bias", b.shape, (out_channels,),
-                      f"one value per output channel ({out_channels})")
+                      f"one value per output channel ({out_channels})",
+                      hint=layout_hint)
 
   dtype = _compute_dtype(x, dk, pk, b)
   batch = math.prod(leading)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import sepconv_jax
 from sepconv_jax import SeparableConv2D
@@ -369,3 +370,180 @@ def test_wrong_rank_kernel_is_told_its_rank(dk_shape):
   with raises(ValueError, "depthwise_kernel", f"has rank {len(dk_shape)}",
               "rank 4 is needed"):
     sepconv_jax.depthwise_conv2d(X, dk)
+
+
+# --------------------------------------------------------------------------
+# Messages that point at the real mistake (issue 20): a kernel in another
+# library's layout, an input in the other data_format, float64 without x64.
+# --------------------------------------------------------------------------
+def _suggested(message):
+  """The last backticked expression of `message`: the suggested fix."""
+  return re.findall(r"`([^`]+)`", message)[-1]
+
+
+def _keras_kernel(kh=3, kw=3, c=3, m=1, seed=0):
+  return np.random.default_rng(seed).normal(
+      size=(kh, kw, c, m)).astype(np.float32)
+
+
+def _as_pytorch(k):
+  """PyTorch's depthwise Conv2d(groups=C) weight (C*M, 1, kh, kw): output
+  channel c*M + m reads input channel c, written out element by element."""
+  kh, kw, c, m = k.shape
+  w = np.zeros((c * m, 1, kh, kw), k.dtype)
+  for i in range(kh):
+    for j in range(kw):
+      for ci in range(c):
+        for mi in range(m):
+          w[ci * m + mi, 0, i, j] = k[i, j, ci, mi]
+  return w
+
+
+def _as_flax_grouped(k):
+  """Flax's nn.Conv(feature_group_count=C) kernel (kh, kw, 1, C*M), by
+  element."""
+  kh, kw, c, m = k.shape
+  w = np.zeros((kh, kw, 1, c * m), k.dtype)
+  for ci in range(c):
+    for mi in range(m):
+      w[:, :, 0, ci * m + mi] = k[:, :, ci, mi]
+  return w
+
+
+@pytest.mark.parametrize("m", [1, 2])
+def test_pytorch_layout_depthwise_kernel_is_named_with_its_transpose(m):
+  k = _keras_kernel(m=m)
+  torch_weight = _as_pytorch(k)
+  x = np.ones((1, 6, 6, 3), np.float32)
+  pk = np.ones((1, 1, 3 * m, 8), np.float32)
+  with pytest.raises(ValueError) as info:
+    sepconv_jax.separable_conv2d(x, torch_weight, pk)
+  message = str(info.value)
+  # The pointwise kernel fails, and the message says how the depthwise one
+  # was read and that it looks like PyTorch's layout.
+  assert re.match(_pattern("pointwise_kernel", "(1, 1, 3, 8)"
+                           if m == 1 else "(1, 1, 6, 8)"), message)
+  assert (f"`depthwise_kernel` (shape={torch_weight.shape}) was read in"
+          " Keras's layout") in message
+  assert "looks like PyTorch's" in message
+  fix = _suggested(message)
+  fixed = eval(fix, {"jnp": jnp, "depthwise_kernel": jnp.asarray(torch_weight)})  # pylint: disable=eval-used
+  np.testing.assert_array_equal(fixed, k)  # exact: a transpose moves values
+
+
+@pytest.mark.parametrize("m", [1, 2])
+def test_flax_grouped_depthwise_kernel_is_named_with_its_reshape(m):
+  k = _keras_kernel(m=m)
+  grouped = _as_flax_grouped(k)
+  x = np.ones((1, 6, 6, 3), np.float32)
+  with raises(ValueError, "depthwise_kernel", str(grouped.shape),
+              "looks like Flax's grouped"):
+    sepconv_jax.depthwise_conv2d(x, grouped)
+  with pytest.raises(ValueError) as info:
+    sepconv_jax.depthwise_conv2d(x, grouped)
+  fixed = eval(_suggested(str(info.value)),  # pylint: disable=eval-used
+               {"jnp": jnp, "depthwise_kernel": jnp.asarray(grouped)})
+  np.testing.assert_array_equal(fixed, k)  # exact: a reshape moves values
+
+
+def test_params_from_keras_names_a_pytorch_layout_kernel():
+  k = _keras_kernel()
+  weights = [_as_pytorch(k), np.ones((1, 1, 3, 8), np.float32)]
+  with pytest.raises(ValueError) as info:
+    sepconv_jax.params_from_keras(weights)
+  message = str(info.value)
+  assert re.match(_pattern("pointwise_kernel", "weights[1]", "(1, 1, 3, 8)",
+                           "`weights[0]` (shape=(3, 1, 3, 3)) was read",
+                           "looks like PyTorch's"), message)
+  fixed = eval(_suggested(message),  # pylint: disable=eval-used
+               {"jnp": jnp, "weights": weights})
+  np.testing.assert_array_equal(fixed, k)
+  # With the module, the depthwise kernel itself fails, with the same hint.
+  module = SeparableConv2D(8, 3, use_bias=False)
+  with raises(ValueError, "depthwise_kernel", "weights[0]",
+              "looks like PyTorch's"):
+    sepconv_jax.params_from_keras(weights, module=module)
+  params = sepconv_jax.params_from_keras([np.asarray(fixed), weights[1]],
+                                         module=module)
+  np.testing.assert_array_equal(params["depthwise_kernel"], k)
+
+
+def test_a_keras_kernel_with_a_wrong_bias_gets_no_layout_hint():
+  # (3, 1, 3, 1) is a valid 3x1 Keras kernel for 3 channels: the bias is
+  # the mistake, and no other layout would explain it.
+  with pytest.raises(ValueError) as info:
+    sepconv_jax.depthwise_conv2d(X, np.ones((3, 1, 3, 1), np.float32),
+                                 np.ones((7,), np.float32))
+  assert "PyTorch" not in str(info.value) and "Flax" not in str(info.value)
+
+
+def _channels_first_hint(axis_from, axis_to, fmt):
+  return ("data_format=" + repr(fmt),
+          f"`jnp.moveaxis(inputs, {axis_from}, {axis_to})`")
+
+
+@pytest.mark.parametrize("fmt", ["channels_last", "channels_first"])
+def test_input_in_the_other_data_format_names_data_format(fmt):
+  other = "channels_first" if fmt == "channels_last" else "channels_last"
+  right = np.random.default_rng(0).normal(size=(2, 6, 7, 3)).astype(np.float32)
+  if fmt == "channels_first":
+    right = np.moveaxis(right, -1, 1)
+  wrong = np.moveaxis(right, 1, -1) if fmt == "channels_first" else (
+      np.moveaxis(right, -1, 1))
+  axes = (3, 1) if fmt == "channels_first" else (1, 3)
+  layer = SeparableConv2D(4, 3, data_format=fmt)
+  variables = layer.init(KEY, right)
+  with raises(ValueError, "depthwise_kernel", "(3, 3, 3, 1)", "`data_format`",
+              *_channels_first_hint(*axes, other)):
+    layer.apply(variables, wrong)
+  nnx_layer = sepconv_jax.nnx.SeparableConv2D(
+      3, 4, 3, data_format=fmt, rngs=nnx.Rngs(0))
+  with raises(ValueError, "depthwise_kernel", "`data_format`",
+              *_channels_first_hint(*axes, other)):
+    nnx_layer(wrong)
+  with raises(ValueError, "depthwise_kernel", "`data_format`",
+              *_channels_first_hint(*axes, other)):
+    sepconv_jax.depthwise_conv2d(wrong, DK, data_format=fmt)
+  # Either suggested fix runs, and both give the same output (up to the
+  # channel axis): the move is what the message names.
+  moved = jnp.moveaxis(jnp.asarray(wrong), *axes)
+  np.testing.assert_array_equal(moved, right)
+  as_other = SeparableConv2D(4, 3, data_format=other).apply(variables, wrong)
+  np.testing.assert_allclose(  # float32, one layer: a few ulps apart
+      np.moveaxis(np.asarray(as_other), *axes),
+      layer.apply(variables, moved), rtol=1e-6, atol=1e-6)
+
+
+def test_a_channel_count_mismatch_gets_no_data_format_hint():
+  layer = SeparableConv2D(4, 3)
+  variables = layer.init(KEY, jnp.ones((2, 6, 6, 3)))
+  with pytest.raises(ValueError) as info:
+    layer.apply(variables, jnp.ones((2, 6, 6, 5)))
+  assert "data_format" not in str(info.value)
+  assert "another channel count" in str(info.value)
+
+
+def test_float64_weights_with_x64_off_say_what_to_do():
+  assert not jax.config.jax_enable_x64  # JAX's default, and the suite's
+  module = SeparableConv2D(8, 3, dtype=jnp.float64, param_dtype=jnp.float64)
+  # What Keras's float64 layer hands over with x64 off: float32 weights.
+  weights = [np.ones((3, 3, 3, 1), np.float32),
+             np.ones((1, 1, 3, 8), np.float32), np.ones((8,), np.float32)]
+  with raises(ValueError, "depthwise_kernel", "weights[0]", "dtype=float32",
+              "must have dtype float64", "JAX's 64-bit types are off",
+              'jax.config.update("jax_enable_x64", True)',
+              '"dtype": "float32"', "param_dtype=jnp.float32"):
+    sepconv_jax.params_from_keras(weights, module=module)
+  # Both fixes work: float32 ...
+  as_float32 = module.clone(dtype=jnp.float32, param_dtype=jnp.float32)
+  params = sepconv_jax.params_from_keras(weights, module=as_float32)
+  assert {p.dtype for p in params.values()} == {np.dtype(np.float32)}
+  # ... or x64 on, where the weights come as float64; float32 ones are then
+  # still refused, without the x64 advice.
+  with jax.enable_x64(True):
+    params = sepconv_jax.params_from_keras(
+        [w.astype(np.float64) for w in weights], module=module)
+    assert {p.dtype for p in params.values()} == {np.dtype(np.float64)}
+    with pytest.raises(ValueError) as info:
+      sepconv_jax.params_from_keras(weights, module=module)
+    assert "jax_enable_x64" not in str(info.value)
