@@ -22,6 +22,7 @@ from sepconv_jax._ops import separable_conv2d
 from sepconv_jax._optax import apply_constraints
 from sepconv_jax._optax import collect_constraints
 from sepconv_jax._regularizers import regularization_loss
+from sepconv_jax._warnings import PallasInterpretWarning
 
 __version__ = "0.1.0"
 
@@ -30,6 +31,7 @@ __all__ = (
     "DepthwiseConv2D",
     "IMPLEMENTATIONS",
     "PADDING_MODES",
+    "PallasInterpretWarning",
     "SeparableConv1D",
     "SeparableConv2D",
     "SeparableConv3D",

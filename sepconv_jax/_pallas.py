@@ -49,6 +49,7 @@ from sepconv_jax import _args
 from sepconv_jax import _lax
 from sepconv_jax import _pallas_kernels
 from sepconv_jax import _pallas_layout as layout
+from sepconv_jax import _warnings
 
 #: The lowering platforms, each with its kernel form and whether that runs
 #: in Pallas's interpreter.
@@ -105,6 +106,8 @@ def _reference_backward(x, dk, pk, ct, cfg, has_b, need):
 
 
 def _forward_kernels(x, dk, *rest, cfg, has_pk, has_b, target, interpret):
+  if interpret:
+    _warnings.warn_pallas_interpret()
   _, _, pk, b, _ = _split((x, dk, *rest), has_pk, has_b)
   g = layout.geometry(x.shape, dk.shape, pk.shape[-1] if has_pk else None,
                       cfg, target, itemsize=x.dtype.itemsize)
@@ -122,6 +125,8 @@ def _forward_kernels(x, dk, *rest, cfg, has_pk, has_b, target, interpret):
 
 def _backward_kernels(x, dk, *rest, cfg, has_pk, has_b, need, target,
                       interpret):
+  if interpret:
+    _warnings.warn_pallas_interpret()
   pk, ct = (rest[0], rest[1]) if has_pk else (None, rest[0])
   need_x, need_dk, *need_rest = need
   need_pk = need_rest.pop(0) if has_pk else False
