@@ -143,3 +143,21 @@ def test_function_modules_and_training_step_export(impl, platform):
       assert {"cuda": "__gpu$xla.gpu.triton", "tpu": "tpu_custom_call"}[
           platform] in lowered.custom_calls(text), (what, platform)
       assert "stablehlo.convolution" not in text, (what, platform)
+
+
+def test_pallas_exports_for_cuda_with_the_documented_triton_opt_in():
+  """docs/performance.md's form: JAX refuses to export the Triton custom
+  call (no compatibility guarantee) unless the caller opts in."""
+  x, dk, pk, b = _arrays()
+  forward = jax.jit(_sep("pallas"))
+  with pytest.raises(ValueError, match="custom calls whose targets have no"
+                     " compatibility guarantees"):
+    export.export(forward, platforms=("cuda",))(x, dk, pk, b)
+  exported = export.export(
+      forward, platforms=("cuda",),
+      disabled_checks=[
+          export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
+  )(x, dk, pk, b)
+  assert exported.platforms == ("cuda",)
+  assert "__gpu$xla.gpu.triton" in lowered.custom_calls(
+      exported.mlir_module())
