@@ -192,8 +192,8 @@ def load_keras_layers(path: str | os.PathLike, config: Any = None, *,
   ``DepthwiseConv1D`` and ``DepthwiseConv2D`` (and their aliases), each
   read as the linen layer of the same name.
 
-  Needs h5py (``pip install 'sepconv-jax[keras]'``); Keras itself is not
-  needed.
+  Needs h5py (``pip install h5py``, or the ``keras`` extra of a checkout:
+  ``pip install -e ".[keras]"``); Keras itself is not needed.
 
   Args:
     path: a ``.keras`` archive (what ``model.save("m.keras")`` writes), or a
@@ -224,8 +224,9 @@ def load_keras_layers(path: str | os.PathLike, config: Any = None, *,
     import h5py  # pylint: disable=g-import-not-at-top
   except ImportError:
     raise ImportError(
-        "`load_keras_layers` needs h5py: pip install 'sepconv-jax[keras]'"
-        " (or pip install h5py)"
+        "`load_keras_layers` needs h5py: pip install h5py (or, in a"
+        " checkout of sepconv_jax, its `keras` extra:"
+        " pip install -e \".[keras]\")"
     ) from None
   file_path = os.fspath(path)
   if not os.path.exists(file_path):

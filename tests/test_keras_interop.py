@@ -751,5 +751,6 @@ def test_load_unsupported_layers(tmp_path):
 
 def test_load_without_h5py(saved_model, monkeypatch):
   monkeypatch.setitem(sys.modules, "h5py", None)
-  with pytest.raises(ImportError, match=r"pip install 'sepconv-jax\[keras\]'"):
+  with pytest.raises(ImportError, match=r"needs h5py: pip install h5py"
+                     r" .*pip install -e \"\.\[keras\]\""):
     sepconv_jax.load_keras_layers(saved_model[1])
