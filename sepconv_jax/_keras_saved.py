@@ -4,8 +4,10 @@
 ``SeparableConv2D``, ``DepthwiseConv1D`` and ``DepthwiseConv2D`` layers
 (Keras's aliases such as ``SeparableConvolution2D`` included) out of a
 ``.keras`` archive, or a ``.weights.h5`` file with its model config, as linen
-modules and their variables. It sits above the layers, the one Keras module
-that imports them. h5py is imported when it runs; Keras never.
+modules and their variables (:func:`load_keras_layers`) or as NNX layers
+holding their weights (:func:`load_keras_nnx_layers`). It sits above the
+layers, the one Keras module that imports them. h5py is imported when it
+runs; Keras never.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 from sepconv_jax import _keras_serial
 from sepconv_jax import _keras_weights
 from sepconv_jax import _linen
+from sepconv_jax import _nnx
 
 # The linen layer of each Keras class (and alias) that has one.
 _LAYER_CLASSES = {
@@ -113,7 +116,8 @@ def _read_vars(h5: Any, group_path: str, layer: str, file_path: str) -> list:
 
 def _walk(model: Mapping, h5: Any, group: str, prefix: str, found: dict,
           allow_frozen: bool, file_path: str) -> None:
-  """Adds every layer we read of `model` (and its sub-models) to `found`."""
+  """Adds every layer we read of `model` (and its sub-models) to `found`,
+  as ``(module, variables, keras_config)``."""
   class_name = model.get("class_name")
   if class_name not in _MODEL_CLASSES or not _keras_serial.is_builtin(model):
     where = f"layer {prefix[:-1]!r}" if prefix else "the model"
@@ -158,7 +162,7 @@ def _walk(model: Mapping, h5: Any, group: str, prefix: str, found: dict,
         params = _keras_weights.params_from_keras(weights, module=module)
       except ValueError as e:
         raise ValueError(f"layer {name!r} in {file_path!r}: {e}") from e
-      found[name] = (module, {"params": params})
+      found[name] = (module, {"params": params}, config)
     elif entry_class in _LAYER_CLASSES:
       raise ValueError(
           f"layer {name!r} in {file_path!r} is the custom class"
@@ -184,42 +188,9 @@ def _walk(model: Mapping, h5: Any, group: str, prefix: str, found: dict,
       )
 
 
-def load_keras_layers(path: str | os.PathLike, config: Any = None, *,
-                      allow_frozen: bool = False) -> dict[str, tuple]:
-  """Reads every separable and depthwise layer out of a saved Keras 3 model.
-
-  The layers are Keras's ``SeparableConv1D``, ``SeparableConv2D``,
-  ``DepthwiseConv1D`` and ``DepthwiseConv2D`` (and their aliases), each
-  read as the linen layer of the same name.
-
-  Needs h5py (``pip install h5py``, or the ``keras`` extra of a checkout:
-  ``pip install -e ".[keras]"``); Keras itself is not needed.
-
-  Args:
-    path: a ``.keras`` archive (what ``model.save("m.keras")`` writes), or a
-      ``.weights.h5`` file (``model.save_weights``), which needs `config`.
-    config: for a ``.weights.h5`` file only: its model's config, as
-      ``model.to_json()`` (a JSON string), ``json.loads`` of it,
-      ``model.get_config()``, or the path of a JSON file holding one.
-    allow_frozen: accept layers saved with ``trainable=False`` (see
-      :meth:`SeparableConv2D.from_keras_config`).
-
-  Returns:
-    ``{layer_name: (module, variables)}`` for every such layer, in the
-    model's layer order, nested Functional and Sequential models included:
-    their layers are named ``"outer/inner"``. ``variables`` is
-    ``{"params": ...}`` for ``module.apply``.
-
-  Raises:
-    FileNotFoundError: if `path` (or a `config` path) does not exist.
-    ImportError: if h5py is not installed.
-    ValueError: for a file that is not a Keras 3 archive or weights file
-      (legacy Keras 2 ``.h5`` files included), a missing or unwanted
-      `config`, weights that do not match the config, a layer whose config
-      cannot be honoured (the message names the layer), or one inside a
-      layer that cannot be searched (a wrapper such as
-      ``TimeDistributed``, or a custom class holding sublayers).
-  """
+def _load(path: str | os.PathLike, config: Any,
+          allow_frozen: bool) -> dict[str, tuple]:
+  """`load_keras_layers`, each layer with its Keras config as well."""
   try:
     import h5py  # pylint: disable=g-import-not-at-top
   except ImportError:
@@ -287,3 +258,92 @@ def load_keras_layers(path: str | os.PathLike, config: Any = None, *,
   with h5:
     _walk(model, h5, "", "", found, allow_frozen, file_path)
   return found
+
+
+def load_keras_layers(path: str | os.PathLike, config: Any = None, *,
+                      allow_frozen: bool = False) -> dict[str, tuple]:
+  """Reads every separable and depthwise layer out of a saved Keras 3 model.
+
+  The layers are Keras's ``SeparableConv1D``, ``SeparableConv2D``,
+  ``DepthwiseConv1D`` and ``DepthwiseConv2D`` (and their aliases), each
+  read as the linen layer of the same name.
+
+  Needs h5py (``pip install h5py``, or the ``keras`` extra of a checkout:
+  ``pip install -e ".[keras]"``); Keras itself is not needed.
+
+  Args:
+    path: a ``.keras`` archive (what ``model.save("m.keras")`` writes), or a
+      ``.weights.h5`` file (``model.save_weights``), which needs `config`.
+    config: for a ``.weights.h5`` file only: its model's config, as
+      ``model.to_json()`` (a JSON string), ``json.loads`` of it,
+      ``model.get_config()``, or the path of a JSON file holding one.
+    allow_frozen: accept layers saved with ``trainable=False`` (see
+      :meth:`SeparableConv2D.from_keras_config`).
+
+  Returns:
+    ``{layer_name: (module, variables)}`` for every such layer, in the
+    model's layer order, nested Functional and Sequential models included:
+    their layers are named ``"outer/inner"``. ``variables`` is
+    ``{"params": ...}`` for ``module.apply``.
+
+  Raises:
+    FileNotFoundError: if `path` (or a `config` path) does not exist.
+    ImportError: if h5py is not installed.
+    ValueError: for a file that is not a Keras 3 archive or weights file
+      (legacy Keras 2 ``.h5`` files included), a missing or unwanted
+      `config`, weights that do not match the config, a layer whose config
+      cannot be honoured (the message names the layer), or one inside a
+      layer that cannot be searched (a wrapper such as
+      ``TimeDistributed``, or a custom class holding sublayers).
+  """
+  return {name: (module, variables) for name, (module, variables, _)
+          in _load(path, config, allow_frozen).items()}
+
+
+# The NNX layer of each linen layer class.
+_NNX_CLASSES = {cls: getattr(_nnx, cls.__name__) for cls in _linen.LAYERS}
+
+
+def load_keras_nnx_layers(path: str | os.PathLike, config: Any = None, *,
+                          allow_frozen: bool = False) -> dict[str, Any]:
+  """Reads every separable and depthwise layer of a saved model as NNX layers.
+
+  As :func:`sepconv_jax.load_keras_layers`, but each layer comes back as the
+  NNX layer of the same name (``sepconv_jax.nnx.SeparableConv2D``, ...),
+  holding Keras's weights. Its ``in_channels``, which the NNX constructor
+  needs and a Keras config does not hold, is read off the saved depthwise
+  kernel.
+
+  Args:
+    path: a ``.keras`` archive, or a ``.weights.h5`` file with `config`.
+    config: for a ``.weights.h5`` file only: its model's config.
+    allow_frozen: accept layers saved with ``trainable=False``.
+
+  Returns:
+    ``{layer_name: layer}`` in the model's layer order, nested models'
+    layers named ``"outer/inner"``.
+
+  Raises:
+    As :func:`sepconv_jax.load_keras_layers`.
+
+  Example:
+    ``layers = sepconv_jax.nnx.load_keras_layers("model.keras")``, then
+    ``y = layers["block1_sepconv1"](x)``.
+  """
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  layers = {}
+  for name, (module, variables, keras_config) in _load(
+      path, config, allow_frozen).items():
+    params = variables["params"]
+    kernel = params[module.FAMILY.param_names["depthwise"]]
+    # Built abstractly (the initializers draw nothing: Keras's weights
+    # replace every param), then filled in.
+    layer = nnx.eval_shape(lambda: _NNX_CLASSES[type(module)].from_keras_config(  # pylint: disable=cell-var-from-loop
+        keras_config, in_channels=kernel.shape[-2], rngs=nnx.Rngs(0),
+        allow_frozen=allow_frozen))
+    state = nnx.state(layer)
+    assert set(state) == set(params), (sorted(state), sorted(params))
+    for param, value in params.items():
+      getattr(layer, param).set_value(value)
+    layers[name] = layer
+  return layers

@@ -11,6 +11,7 @@ from sepconv_jax._nnx import Losses
 from sepconv_jax._nnx import SeparableConv1D
 from sepconv_jax._nnx import SeparableConv2D
 from sepconv_jax._nnx import SeparableConv3D
+from sepconv_jax._keras_saved import load_keras_nnx_layers as load_keras_layers
 
 __all__ = (
     "DepthwiseConv1D",
@@ -19,4 +20,5 @@ __all__ = (
     "SeparableConv1D",
     "SeparableConv2D",
     "SeparableConv3D",
+    "load_keras_layers",
 )

@@ -176,6 +176,30 @@ def test_loaded_layer_matches_keras(saved_model, loaded, path):
                                  atol=1e-7)
 
 
+def test_load_as_nnx_layers(saved_model, loaded):
+  """`sepconv_jax.nnx.load_keras_layers`: the same layers as NNX modules,
+  `in_channels` read off the saved kernel, Keras's config and weights."""
+  model, path = saved_model
+  nnx_layers = sepconv_jax.nnx.load_keras_layers(path)
+  assert list(nnx_layers) == list(loaded)
+  for name, layer in nnx_layers.items():
+    keras_layer = _keras_layer(model, name)
+    assert isinstance(layer, sepconv_jax.nnx.SeparableConv2D), name
+    assert layer.in_channels == keras_layer.get_weights()[0].shape[2], name
+    assert _json(layer.to_keras_config()) == _json(keras_layer.get_config())
+    params = {p: getattr(layer, p)[...] for p in loaded[name][1]["params"]}
+    for ours, theirs in zip(sepconv_jax.params_to_keras(params),
+                            keras_layer.get_weights()):
+      np.testing.assert_array_equal(ours, theirs)  # the weights, unchanged
+  # One layer run against Keras (channels_first, depth multiplier 3); the
+  # NNX and linen layers' equality is tested elsewhere (test_module.py).
+  keras_layer = _keras_layer(model, "s_first")
+  x = _random((2, keras_layer.get_weights()[0].shape[2], 6, 6), seed=3)
+  np.testing.assert_allclose(  # float32, one layer
+      nnx_layers["s_first"](jnp.asarray(x)), keras_layer(x), rtol=1e-5,
+      atol=1e-5)
+
+
 def test_loaded_configs_round_trip(saved_model, loaded):
   """Each ported module writes back the config Keras saved."""
   model, _ = saved_model
