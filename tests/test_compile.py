@@ -1,0 +1,229 @@
+"""The deviceless compile harness (scripts/deviceless.py) and
+``scripts/train.py --compile-only``.
+
+In the default suite, whose environment has no libtpu and no CUDA plugin,
+these tests check the target table against the vendors' figures, the
+parsing of target names and ptxas's spill lines, and the errors a user
+meets (an unknown target, a missing or mismatched compiler package).
+Where the compilers are installed (CI's compile step,
+``scripts/compile_matrix.py --install``), the same tests compile for real:
+a Pallas kernel and the training step, for a TPU and an NVIDIA GPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import deviceless  # noqa: E402  pylint: disable=g-import-not-at-top
+
+import sepconv_jax  # noqa: E402
+
+HAVE = {"tpu": importlib.util.find_spec("libtpu") is not None,
+        "cuda": importlib.util.find_spec("jax_plugins") is not None
+                and deviceless._version("jax-cuda12-plugin") is not None}
+
+
+# --------------------------------------------------------------- targets
+
+
+def test_every_target_of_the_issue_is_known():
+  assert deviceless.TARGETS == ("tpu:v4", "tpu:v5e", "tpu:v5p", "tpu:v6e",
+                                "cuda:a100", "cuda:l4", "cuda:h100",
+                                "cuda:b200")
+
+
+@pytest.mark.parametrize("name, arch, optin_kib", [
+    ("cuda:a100", (8, 0), 163), ("cuda:l4", (8, 9), 99),
+    ("cuda:h100", (9, 0), 227), ("cuda:b200", (10, 0), 227)])
+def test_gpu_target_configs_carry_the_data_sheet_limits(name, arch, optin_kib):
+  text = deviceless.target(name).gpu.target_config()
+  assert f"shared_memory_per_block_optin: {optin_kib * 1024}" in text
+  assert (f"cuda_compute_capability {{ major: {arch[0]} minor: {arch[1]} }}"
+          in text)
+  assert 'platform_name: "CUDA"' in text and "runtime_version" in text
+
+
+@pytest.mark.parametrize("name, topology, hbm_gib", [
+    ("tpu:v4", "v4:2x2x1", 32), ("tpu:v5e", "v5e:2x2", 16),
+    ("tpu:v5p", "v5p:2x2x1", 95), ("tpu:v6e", "v6e:2x2", 32),
+    ("tpu:v5e:4x4", "v5e:4x4", 16), ("TPU:V6E:8x8", "v6e:8x8", 32)])
+def test_tpu_targets_name_libtpu_topologies(name, topology, hbm_gib):
+  t = deviceless.target(name)
+  assert (t.platform, t.topology, t.memory_bytes) == (
+      "tpu", topology, hbm_gib << 30)
+
+
+@pytest.mark.parametrize("name", ["tpu:v9", "cuda:v100", "h100", "gpu:h100",
+                                  "cuda:h100:2x2"])
+def test_an_unknown_target_lists_the_known_ones(name):
+  with pytest.raises(ValueError) as info:
+    deviceless.target(name)
+  message = str(info.value)
+  assert f"`target` (={name!r})" in message
+  assert all(t in message for t in deviceless.TARGETS), message
+
+
+def test_a_malformed_topology_is_refused():
+  with pytest.raises(ValueError, match=r"topology '4by4' must look like"):
+    deviceless.target("tpu:v5e:4by4")
+
+
+def test_spill_lines_are_read_per_kernel():
+  log = ("I1203 17:12:00.637762 2989 subprocess_compilation.cc:349] ptxas"
+         " warning : Registers are spilled to local memory in function"
+         " 'sepconv_forward', 52 bytes spill stores, 48 bytes spill loads\n"
+         "junk\n... in function 'sepconv_param_grads', 548 bytes spill"
+         " stores, 404 bytes spill loads\n")
+  log = log.replace("... in", "Registers are spilled to local memory in")
+  assert deviceless._SPILL.findall(log) == [
+      ("sepconv_forward", "52", "48"), ("sepconv_param_grads", "548", "404")]
+
+
+# ----------------------------------------------------------- environment
+
+
+@pytest.mark.parametrize("platform, installed, expected", [
+    ("tpu", {}, 'needs libtpu, which is not installed; run pip install'
+                ' "jax[tpu]=={jax}"'),
+    ("tpu", {"libtpu": "0.0.1"}, "libtpu 0.0.1 does not match jax {jax}"),
+    ("cuda", {}, "needs jax-cuda12-plugin, which is not installed; run pip"
+                 ' install "jax-cuda12-plugin=={jax}" "nvidia-cuda-nvcc-cu12"'),
+    ("cuda", {"jax-cuda12-plugin": "0.0.1", "jax-cuda12-pjrt": "0.0.1"},
+     "jax-cuda12-plugin 0.0.1 does not match jaxlib"),
+    ("cuda", {"jax-cuda12-plugin": "=", "jax-cuda12-pjrt": "="},
+     "needs ptxas, from nvidia-cuda-nvcc-cu12, which is not installed"),
+])
+def test_missing_or_mismatched_compilers_name_the_pip_command(
+    monkeypatch, platform, installed, expected):
+  jaxlib = deviceless._version("jaxlib")
+  installed = {"jaxlib": jaxlib,
+               **{k: (jaxlib if v == "=" else v) for k, v in installed.items()}}
+  monkeypatch.setattr(deviceless, "_version",
+                      lambda dist: installed.get(dist))
+  with pytest.raises(deviceless.CompileEnvironmentError) as info:
+    deviceless.check_environment(platform)
+  assert expected.format(jax=jax.__version__) in str(info.value)
+
+
+def test_install_command_pins_the_installed_jax():
+  v = jax.__version__
+  assert deviceless.install_command() == (
+      f'pip install "jax[tpu]=={v}" "jax-cuda12-plugin=={v}"'
+      f' "nvidia-cuda-nvcc-cu12"')
+
+
+# --------------------------------------------------------------- compiles
+
+
+def _pallas_forward(x, dk, pk, b):
+  return sepconv_jax.separable_conv2d(x, dk, pk, b, padding="same",
+                                      implementation="pallas")
+
+
+def _specs(n, h, w, c, f):
+  s = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+  return s(n, h, w, c), s(3, 3, c, 1), s(1, 1, c, f), s(f)
+
+
+@pytest.mark.parametrize("name", ["tpu:v5e", "cuda:h100"])
+def test_a_pallas_kernel_compiles_with_its_memory(name):
+  t = deviceless.target(name)
+  if not HAVE[t.platform]:
+    with pytest.raises(deviceless.CompileEnvironmentError,
+                       match=r"run pip install"):
+      deviceless.compile_program(name, _pallas_forward, *_specs(2, 8, 8, 8,
+                                                                16))
+    return
+  r = deviceless.compile_program(name, _pallas_forward,
+                                 *_specs(2, 8, 8, 8, 16), keep=True)
+  assert r.ok, r.error
+  # Inputs and output, per device: float32 arrays (exactly on a GPU; a
+  # TPU pads arrays to its (8, 128) tiles).
+  exact = (4 * (2 * 8 * 8 * 8 + 9 * 8 + 8 * 16 + 16), 4 * 2 * 8 * 8 * 16)
+  if t.platform == "cuda":
+    assert (r.argument_bytes, r.output_bytes) == exact
+  else:
+    assert r.argument_bytes >= exact[0] and r.output_bytes >= exact[1]
+  assert r.temp_bytes >= 0
+  # The compiled program calls the kernel: Mosaic's or Triton's.
+  text = r.compiled.as_text()
+  assert ("tpu_custom_call" in text if t.platform == "tpu"
+          else "__gpu$xla.gpu.triton" in text), text[:3000]
+
+
+def test_the_compilers_own_error_comes_back():
+  """A Triton dot whose bf16 operands need 128 KiB of shared memory: more
+  than the L4's 99 KiB per block, less than the A100's 163 KiB."""
+  from jax.experimental import pallas as pl  # pylint: disable=g-import-not-at-top
+  from jax.experimental.pallas import triton as plgpu  # pylint: disable=g-import-not-at-top
+
+  def kernel(a_ref, b_ref, o_ref):
+    o_ref[...] = jnp.dot(a_ref[...], b_ref[...])
+
+  def dot(a, b):
+    return pl.pallas_call(
+        kernel, out_shape=jax.ShapeDtypeStruct((64, 64), a.dtype),
+        compiler_params=plgpu.CompilerParams(num_warps=4))(a, b)
+
+  specs = (jax.ShapeDtypeStruct((64, 512), jnp.bfloat16),
+           jax.ShapeDtypeStruct((512, 64), jnp.bfloat16))
+  if not HAVE["cuda"]:
+    with pytest.raises(deviceless.CompileEnvironmentError):
+      deviceless.compile_program("cuda:l4", dot, *specs)
+    return
+  r = deviceless.compile_program("cuda:l4", dot, *specs)
+  assert not r.ok
+  assert ("Shared memory size limit exceeded: requested 131072, available:"
+          " 101376") in r.error, r.error
+  assert deviceless.compile_program("cuda:a100", dot, *specs).ok
+
+
+# --------------------------------------------------- train.py --compile-only
+
+
+def _train(*args) -> subprocess.CompletedProcess:
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  return subprocess.run(
+      [sys.executable, str(ROOT / "scripts" / "train.py"), *args],
+      capture_output=True, text=True, timeout=300, env=env, check=False)
+
+
+def test_compile_only_refuses_an_unknown_target():
+  proc = _train("--compile-only", "tpu:v7x")
+  assert proc.returncode != 0
+  assert "`target` (='tpu:v7x') is not a known compile target" in proc.stderr
+  assert "tpu:v5e, tpu:v5p, tpu:v6e, cuda:a100" in proc.stderr
+
+
+@pytest.mark.parametrize("name, devices", [("tpu:v5e", 4),
+                                           ("cuda:h100", 1)])
+def test_compile_only_compiles_the_training_step(tmp_path, name, devices):
+  out = tmp_path / "report.json"
+  proc = _train("--compile-only", name, "--metrics-out", str(out))
+  platform = deviceless.target(name).platform
+  if not HAVE[platform]:
+    assert proc.returncode != 0
+    assert deviceless.install_command((platform,)) in proc.stderr, (
+        proc.stderr[-3000:])
+    return
+  assert proc.returncode == 0, proc.stderr[-6000:]
+  report = json.loads(out.read_text())
+  assert report["devices"] == devices
+  assert report["global_batch_size"] == 64
+  assert 0 < report["total_bytes"] < report["memory_bytes"]
+  assert report["argument_bytes"] > 0 and report["temp_bytes"] > 0
+  for word in ("per device: arguments", "temporaries", "of HBM",
+               "compiled in", "no training"):
+    assert word in proc.stdout, proc.stdout
+  assert not (tmp_path / "runs").exists()
