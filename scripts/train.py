@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -62,6 +63,8 @@ except ImportError:  # Run from a checkout without `pip install -e .`.
   import sepconv_jax  # noqa: E402
 
 DEFAULT_WORKDIR = os.path.join("runs", "digits")
+DIGITS = 1797        # images in scikit-learn's digits
+IMAGE = (8, 8, 1)    # each one's shape
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -103,6 +106,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                       help="skip the PNG plots")
   parser.add_argument("--no-progress", action="store_true",
                       help="no progress bar (the line per epoch stays)")
+  parser.add_argument("--implementation", default="auto",
+                      choices=sepconv_jax.IMPLEMENTATIONS,
+                      help="the SeparableConv2D layers' implementation")
+  parser.add_argument("--compile-only", default=None, metavar="TARGET",
+                      help="AOT-compile the training step for TARGET (a"
+                      " TPU topology or an NVIDIA GPU you don't have:"
+                      " tpu:v4, tpu:v5e, tpu:v5p, tpu:v6e, optionally with a"
+                      " topology as in tpu:v5e:4x4; cuda:a100, cuda:l4,"
+                      " cuda:h100, cuda:b200), print its memory per device"
+                      " and exit without training; see docs/compile.md")
   dist = parser.add_argument_group(
       "multi-host", "JAX's multi-controller runtime: start one process per"
       " host; see docs/training.md")
@@ -125,6 +138,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.error("--stop-after must be >= 1")
   if not 0.0 < args.test_fraction < 1.0:
     parser.error("--test-fraction must be in (0, 1)")
+  if args.compile_only is not None and args.distributed:
+    parser.error("--compile-only compiles on this machine alone; leave out"
+                 " --distributed")
   return args
 
 
@@ -205,6 +221,7 @@ class XceptionBlock(nn.Module):
   filters: int
   strides: int = 1
   weight_decay: float = 1e-4
+  implementation: str = "auto"
 
   @nn.compact
   def __call__(self, x):
@@ -214,7 +231,8 @@ class XceptionBlock(nn.Module):
     def conv(kernel_size, strides):
       return sepconv_jax.SeparableConv2D(
           self.filters, kernel_size, strides=strides, padding="same",
-          depthwise_regularizer=reg, pointwise_regularizer=reg)
+          depthwise_regularizer=reg, pointwise_regularizer=reg,
+          implementation=self.implementation)
 
     y = nn.relu(nn.LayerNorm()(conv(3, 1)(x)))
     y = nn.LayerNorm()(conv(3, self.strides)(y))
@@ -236,14 +254,17 @@ class DigitNet(nn.Module):
   width: int = 16
   num_classes: int = 10
   weight_decay: float = 1e-4
+  implementation: str = "auto"
 
   @nn.compact
   def __call__(self, x):
     x = sepconv_jax.SeparableConv2D(
         self.width, 3, padding="same", activation="relu",
-        depth_multiplier=8)(x)
-    x = XceptionBlock(2 * self.width, 2, self.weight_decay)(x)
-    x = XceptionBlock(4 * self.width, 1, self.weight_decay)(x)
+        depth_multiplier=8, implementation=self.implementation)(x)
+    x = XceptionBlock(2 * self.width, 2, self.weight_decay,
+                      self.implementation)(x)
+    x = XceptionBlock(4 * self.width, 1, self.weight_decay,
+                      self.implementation)(x)
     x = x.reshape(x.shape[:-3] + (-1,))
     return nn.Dense(self.num_classes)(x)
 
@@ -505,8 +526,92 @@ def count_params(params) -> int:
   return int(sum(np.prod(a.shape) for a in jax.tree.leaves(params)))
 
 
+def compile_only(args: argparse.Namespace) -> dict:
+  """AOT-compiles the training step for `args.compile_only`, deviceless.
+
+  The step is the one `main` trains with (`make_train_step`), sharded
+  data-parallel over every device of the target (one for a GPU), with
+  abstract params, optimizer state and batch: nothing is initialised or
+  run. Prints the per-device memory of the compiled step against the
+  device's HBM and the compile time, and returns them.
+  """
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import deviceless  # pylint: disable=g-import-not-at-top  (scripts/)
+  deviceless.prepare_environment()
+  try:
+    target = deviceless.target(args.compile_only)
+    devices = deviceless.devices(target)
+  except (ValueError, deviceless.CompileEnvironmentError) as e:
+    raise SystemExit(f"--compile-only: {e}") from None
+  if args.batch_size % len(devices):
+    raise SystemExit(
+        f"--batch-size (={args.batch_size}) must be a multiple of the"
+        f" {len(devices)} devices of {target.name} ({target.topology})")
+  mesh = make_mesh(devices)
+  train_rows = DIGITS - math.ceil(DIGITS * args.test_fraction)
+  total_steps = (args.steps if args.steps is not None
+                 else args.epochs * (train_rows // args.batch_size))
+  model = DigitNet(width=args.width, weight_decay=args.weight_decay,
+                   implementation=args.implementation)
+  tx = make_optimizer(args.learning_rate, total_steps)
+
+  def init():
+    params = model.init(jax.random.key(args.seed),
+                        jnp.zeros((1, *IMAGE), jnp.float32))["params"]
+    return {"params": params, "opt_state": tx.init(params),
+            "step": jnp.zeros((), jnp.int32)}
+
+  replicated = NamedSharding(mesh, P())
+  data = NamedSharding(mesh, P("data"))
+  state = jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
+      jax.eval_shape(init))
+  images = jax.ShapeDtypeStruct((args.batch_size, *IMAGE), jnp.float32,
+                                sharding=data)
+  labels = jax.ShapeDtypeStruct((args.batch_size,), jnp.int32, sharding=data)
+  step = make_train_step(model, tx, mesh, args.label_smoothing)
+  result = deviceless.compile_program(target, step, state, images, labels)
+  kind = devices[0].device_kind
+  print(f"compile-only: the training step of scripts/train.py for"
+        f" {target.name} ({target.topology}: {len(devices)} x {kind}),"
+        f" global batch {args.batch_size}"
+        f" ({args.batch_size // len(devices)} per device), width"
+        f" {args.width}, implementation={args.implementation!r}")
+  if not result.ok:
+    raise SystemExit(f"compile-only: the compiler rejected the step for"
+                     f" {target.name}:\n{result.error}")
+  mib = lambda b: f"{b / 2**20:,.2f} MiB"
+  total = (result.argument_bytes + result.output_bytes - result.alias_bytes
+           + result.temp_bytes)
+  print(f"  per device: arguments {mib(result.argument_bytes)}, outputs"
+        f" {mib(result.output_bytes)} ({mib(result.alias_bytes)} of them in"
+        f" the donated arguments), temporaries {mib(result.temp_bytes)}")
+  print(f"  total {mib(total)} of the device's"
+        f" {target.memory_bytes / 2**30:,.0f} GiB of HBM"
+        f" ({100 * total / target.memory_bytes:.4f}%)")
+  print(f"  compiled in {result.seconds:.1f} s; no training (--compile-only)")
+  report = {"target": target.name, "topology": target.topology,
+            "devices": len(devices), "device_kind": kind,
+            "global_batch_size": args.batch_size,
+            "implementation": args.implementation,
+            "argument_bytes": result.argument_bytes,
+            "output_bytes": result.output_bytes,
+            "alias_bytes": result.alias_bytes,
+            "temp_bytes": result.temp_bytes, "total_bytes": total,
+            "memory_bytes": target.memory_bytes,
+            "compile_seconds": round(result.seconds, 3)}
+  if args.metrics_out:
+    os.makedirs(os.path.dirname(os.path.abspath(args.metrics_out)),
+                exist_ok=True)
+    with open(args.metrics_out, "w") as f:
+      json.dump(report, f, indent=2)
+  return report
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
   args = parse_args(argv)
+  if args.compile_only is not None:
+    return compile_only(args)
   if args.distributed:
     initialize_distributed(args)  # Before any other JAX call.
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
@@ -529,7 +634,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                  else args.epochs * steps_per_epoch)
 
   t_train = time.perf_counter()  # Training time includes all compilation.
-  model = DigitNet(width=args.width, weight_decay=args.weight_decay)
+  model = DigitNet(width=args.width, weight_decay=args.weight_decay,
+                   implementation=args.implementation)
   tx = make_optimizer(args.learning_rate, total_steps)
   state = init_state(model, tx, args.seed, mesh)
   log(f"sepconv_jax digits: {len(x_train)} train / {len(x_test)} test"
