@@ -1,0 +1,365 @@
+"""The compile matrix: every implementation, compiled for 8 accelerators.
+
+Compiles, deviceless (`deviceless`), the forward pass and a training step
+(the output plus the VJP with respect to the input and both kernels) of
+every implementation (``"auto"`` resolved per target: it is compiled as a
+user calls it) at the canonical shapes (`shapes.CANONICAL`, 3x3 "same"),
+batch 64, in float32 and bfloat16, for TPU v4, v5e, v5p and v6e and the
+NVIDIA A100, L4, H100 and B200: 896 programs.
+
+Writes ``docs/compile_matrix.md`` (compiled or not, temporary memory
+against the program's inputs plus outputs, and ptxas spills, per target)
+and ``scripts/benchmark_results/compile_matrix.json``. With ``--check`` it
+exits 1 unless every program compiles, except those listed in
+``scripts/compile_xfail.json`` with the compiler message they fail with
+today; such an expected failure that compiles, or fails with another
+message, fails the check too (strict).
+
+Usage (in an environment with the compilers; ``--install`` adds them,
+pinned to the installed jax):
+  python scripts/compile_matrix.py --install --check       # what CI runs
+  python scripts/compile_matrix.py --targets cuda:h100 --impls pallas
+  python scripts/compile_matrix.py --write-xfail   # record today's failures
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime
+import json
+import multiprocessing
+import os
+import platform
+import subprocess
+import sys
+import time
+from typing import NamedTuple, Optional
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_ROOT = os.path.dirname(_HERE)
+sys.path.insert(0, _HERE)
+
+import deviceless  # noqa: E402  (first: it sets the environment JAX reads)
+from shapes import CANONICAL, Shape  # noqa: E402
+
+IMPLS = ("lax", "taps", "pallas", "auto")
+KINDS = ("forward", "train")
+DTYPES = ("float32", "bfloat16")
+BATCH = 64
+XFAIL = os.path.join(_HERE, "compile_xfail.json")
+TABLE = os.path.join(_ROOT, "docs", "compile_matrix.md")
+JSON = os.path.join(_HERE, "benchmark_results", "compile_matrix.json")
+
+
+class Program(NamedTuple):
+  target: str
+  impl: str
+  kind: str
+  shape: Shape
+  dtype: str
+  precision: Optional[str] = None
+
+  @property
+  def id(self) -> str:
+    p = "" if self.precision is None else f"/{self.precision}"
+    return (f"{self.target}/{self.impl}/{self.kind}/{self.shape.label}/"
+            f"{self.dtype}{p}")
+
+
+def build(program: Program):
+  """``(fn, args)``: the program as a function of `jax.ShapeDtypeStruct`s."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import sepconv_jax  # pylint: disable=g-import-not-at-top
+  s, dtype = program.shape, jnp.dtype(program.dtype)
+  n, h, w, c, f, k = (s.batch, s.height, s.width, s.channels, s.filters,
+                      s.kernel)
+  oh, ow = s.out_hw
+  spec = lambda *shape: jax.ShapeDtypeStruct(shape, dtype)
+
+  def layer(x, dk, pk, b):
+    return sepconv_jax.separable_conv2d(
+        x, dk, pk, b, strides=s.stride, padding="same",
+        precision=program.precision, implementation=program.impl)
+
+  args = [spec(n, h, w, c), spec(k, k, c, 1), spec(1, 1, c, f), spec(f)]
+  if program.kind == "forward":
+    return layer, args
+
+  def train_step(x, dk, pk, b, ct):
+    y, pullback = jax.vjp(lambda x, dk, pk: layer(x, dk, pk, b), x, dk, pk)
+    return (y, *pullback(ct))
+
+  return train_step, args + [spec(n, oh, ow, f)]
+
+
+def run_programs(programs: list[Program]) -> list[dict]:
+  """Compiles each program (in this process); one dict per program."""
+  out = []
+  for program in programs:
+    fn, args = build(program)
+    result = deviceless.compile_program(program.target, fn, *args)
+    record = result.as_dict()
+    if result.error:
+      record["error"] = deviceless.short_error(result.error)
+    record.update(id=program.id, impl=program.impl, kind=program.kind,
+                  shape=program.shape.label, dtype=program.dtype,
+                  precision=program.precision)
+    out.append(record)
+  return out
+
+
+def programs(targets, impls, kinds, dtypes, shapes, precision=None):
+  return [Program(t, impl, kind, shape._replace(batch=BATCH), dtype,
+                  precision)
+          for t in targets for shape in shapes for dtype in dtypes
+          for kind in kinds for impl in impls]
+
+
+def run(all_programs: list[Program], workers: int) -> list[dict]:
+  """Compiles the programs in `workers` processes, a (target, shape) each
+  task; prints progress; returns the records in the programs' order."""
+  tasks: dict[tuple, list[Program]] = {}
+  for p in all_programs:
+    tasks.setdefault((p.target, p.shape), []).append(p)
+  records: dict[str, dict] = {}
+  done = 0
+  start = time.perf_counter()
+  context = multiprocessing.get_context("spawn")
+  with concurrent.futures.ProcessPoolExecutor(workers,
+                                              mp_context=context) as pool:
+    futures = [pool.submit(run_programs, chunk) for chunk in tasks.values()]
+    for future in concurrent.futures.as_completed(futures):
+      for record in future.result():
+        records[record["id"]] = record
+        done += 1
+      print(f"  {done}/{len(all_programs)} compiled"
+            f" ({time.perf_counter() - start:.0f} s)", flush=True)
+  return [records[p.id] for p in all_programs]
+
+
+# ------------------------------------------------------------------ check
+
+
+def check(records: list[dict], expected: dict[str, str]) -> list[str]:
+  """The problems: unexpected failures, expected failures that compiled
+  (strict) or failed with another message."""
+  problems = []
+  for r in records:
+    want = expected.get(r["id"])
+    if r["ok"] and want is not None:
+      problems.append(f"XPASS (strict): {r['id']} compiles; remove it from"
+                      f" {os.path.relpath(XFAIL, _ROOT)}")
+    elif not r["ok"] and want is None:
+      problems.append(f"FAILED: {r['id']}: {r['error']}")
+    elif not r["ok"] and want not in r["error"]:
+      problems.append(f"FAILED differently: {r['id']}: expected {want!r},"
+                      f" got {r['error']}")
+  return problems
+
+
+def xfail_message(error: str) -> str:
+  """The stable part of a compiler message, to expect in the xfail file:
+  without the byte counts that vary with the shape."""
+  for key in ("Shared memory size limit exceeded",
+              "CompileTimeMosaicUnprovenMemoryAccessAlignment",
+              "CompileTimeScopedVmemOom", "Ran out of memory in memory space",
+              "RESOURCE_EXHAUSTED"):
+    if key in error:
+      return key
+  return error[:120]
+
+
+# ------------------------------------------------------------------ table
+
+
+def _mib(b) -> str:
+  return "" if b is None else f"{b / 2**20:,.1f}"
+
+
+def _ratio(r) -> str:
+  if not r["ok"] or not r["argument_bytes"]:
+    return ""
+  return f"{r['temp_bytes'] / (r['argument_bytes'] + r['output_bytes']):.2f}"
+
+
+def _spills(r) -> str:
+  return ", ".join(f"{k} {v[0]} B" for k, v in sorted(r["spills"].items()))
+
+
+def table(records: list[dict], meta: dict, expected: dict[str, str]) -> str:
+  targets = list(dict.fromkeys(r["target"] for r in records))
+  impls = list(dict.fromkeys(r["impl"] for r in records))
+  lines = [
+      "# The compile matrix",
+      "",
+      "Generated by `scripts/compile_matrix.py` (do not edit by hand):"
+      " deviceless compiles on",
+      f"{meta['machine']}, jax {meta['jax']}, libtpu {meta['libtpu']},"
+      f" jax-cuda12-plugin {meta['cuda_plugin']}, {meta['date']};"
+      f" {meta['programs']} programs in {meta['seconds']:.0f} s"
+      f" with {meta['workers']} worker processes.",
+      "",
+      f"Programs: the forward pass and the training step (y and the VJP"
+      f" with respect to x and both kernels) at the canonical shapes,"
+      f" batch {BATCH}, 3x3 \"same\", float32 and bfloat16,"
+      f" `precision=None`. Memory is `compiled.memory_analysis()` per"
+      f" device; *temp/io* is the temporary bytes over the program's"
+      f" arguments plus outputs. Spills are ptxas's spill stores per"
+      f" kernel (NVIDIA). What a compile proves, and what it does not:"
+      f" [compile.md](compile.md).",
+      "",
+      "## Compiled, per target and implementation",
+      "",
+      "| target | " + " | ".join(impls) + " |",
+      "|---|" + "---|" * len(impls),
+  ]
+  for t in targets:
+    cells = []
+    for impl in impls:
+      rs = [r for r in records if r["target"] == t and r["impl"] == impl]
+      ok = sum(r["ok"] for r in rs)
+      xf = sum(r["id"] in expected and not r["ok"] for r in rs)
+      cell = f"{ok}/{len(rs)}"
+      cells.append(cell + (f" ({xf} expected failures)" if xf else ""))
+    lines.append(f"| `{t}` | " + " | ".join(cells) + " |")
+  failures = [r for r in records if not r["ok"]]
+  if failures:
+    lines += ["", "## What the compilers reject", "",
+              "| program | expected | compiler message |", "|---|---|---|"]
+    for r in failures:
+      mark = "yes" if r["id"] in expected else "**no**"
+      lines.append(f"| `{r['id']}` | {mark} | {r['error']} |")
+  spilled = [r for r in records if r["spills"]]
+  if spilled:
+    lines += ["", "## ptxas spills", "", "| program | spill stores |",
+              "|---|---|"]
+    for r in spilled:
+      lines.append(f"| `{r['id']}` | {_spills(r)} |")
+  for t in targets:
+    lines += ["", f"## `{t}`", "",
+              "| impl | pass | shape | dtype | compiled | args MiB |"
+              " out MiB | temp MiB | temp/io | compile s |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+      if r["target"] != t:
+        continue
+      status = "yes" if r["ok"] else ("expected failure"
+                                      if r["id"] in expected else "**no**")
+      lines.append(
+          f"| {r['impl']} | {r['kind']} | {r['shape']} | {r['dtype']} |"
+          f" {status} | {_mib(r['argument_bytes'])} |"
+          f" {_mib(r['output_bytes'])} | {_mib(r['temp_bytes'])} |"
+          f" {_ratio(r)} | {r['seconds']:.1f} |")
+  return "\n".join(lines) + "\n"
+
+
+def _machine() -> str:
+  model = platform.processor() or platform.machine()
+  flags = set()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name") and model in ("", "x86_64"):
+          model = line.split(":", 1)[1].strip()
+        if line.startswith("flags"):
+          flags = set(line.split(":", 1)[1].split())
+          break
+  except OSError:
+    pass
+  simd = "AVX-512" if "avx512f" in flags else (
+      "AVX2" if "avx2" in flags else "")
+  return f"a {os.cpu_count()}-core {model}" + (f" ({simd})" if simd else "")
+
+
+def metadata(count: int, seconds: float, workers: int) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  return {
+      "machine": _machine(), "jax": jax.__version__,
+      "libtpu": deviceless._version("libtpu"),
+      "cuda_plugin": deviceless._version("jax-cuda12-plugin"),
+      "date": datetime.date.today().isoformat(), "programs": count,
+      "seconds": seconds, "workers": workers,
+  }
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+  parser.add_argument("--targets", nargs="+", default=deviceless.TARGETS)
+  parser.add_argument("--impls", nargs="+", default=IMPLS, choices=IMPLS)
+  parser.add_argument("--kinds", nargs="+", default=KINDS, choices=KINDS)
+  parser.add_argument("--dtypes", nargs="+", default=DTYPES, choices=DTYPES)
+  parser.add_argument("--shapes", nargs="+", type=int, default=None,
+                      metavar="I", help="indices into shapes.CANONICAL")
+  parser.add_argument("--precision", default=None,
+                      choices=("highest", "high", "default"))
+  parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+  parser.add_argument("--check", action="store_true",
+                      help=f"exit 1 on a failure not in"
+                      f" {os.path.relpath(XFAIL, _ROOT)} or an expected"
+                      f" failure that compiles")
+  parser.add_argument("--install", action="store_true",
+                      help="first pip-install libtpu and the CUDA plugin,"
+                      " pinned to the installed jax")
+  parser.add_argument("--write-xfail", action="store_true",
+                      help="record this run's failures as the expected ones")
+  parser.add_argument("--table", default=TABLE)
+  parser.add_argument("--json", default=JSON)
+  args = parser.parse_args(argv)
+  for name in args.targets:
+    deviceless.target(name)  # unknown names fail before any work
+  if args.install:
+    command = deviceless.install_command().split()[1:]
+    print("+ pip", " ".join(command), flush=True)
+    subprocess.check_call([sys.executable, "-m", "pip", *command, "-q"])
+  for p in {deviceless.target(t).platform for t in args.targets}:
+    deviceless.check_environment(p)
+  shapes = (CANONICAL if args.shapes is None
+            else [CANONICAL[i] for i in args.shapes])
+  todo = programs(args.targets, args.impls, args.kinds, args.dtypes, shapes,
+                  args.precision)
+  print(f"compiling {len(todo)} programs for {len(args.targets)} targets"
+        f" with {args.workers} workers", flush=True)
+  start = time.perf_counter()
+  records = run(todo, args.workers)
+  seconds = time.perf_counter() - start
+  with open(XFAIL) as f:
+    expected = json.load(f)["expected_failures"]
+  if args.write_xfail:
+    ran = {r["id"] for r in records}
+    expected = {k: v for k, v in expected.items() if k not in ran}
+    expected.update({r["id"]: xfail_message(r["error"])
+                     for r in records if not r["ok"]})
+    with open(XFAIL) as f:
+      doc = json.load(f)
+    doc["expected_failures"] = dict(sorted(expected.items()))
+    with open(XFAIL, "w") as f:
+      json.dump(doc, f, indent=1)
+      f.write("\n")
+  meta = metadata(len(records), seconds, args.workers)
+  for path, text in ((args.table, table(records, meta, expected)),
+                     (args.json, json.dumps({"meta": meta,
+                                             "records": records},
+                                            indent=1) + "\n")):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+      f.write(text)
+  ok = sum(r["ok"] for r in records)
+  print(f"{ok}/{len(records)} compiled in {seconds:.0f} s; wrote"
+        f" {args.table} and {args.json}")
+  problems = check(records, expected)
+  for line in problems:
+    print(line)
+  if args.check:
+    xfails = sum(not r["ok"] and r["id"] in expected for r in records)
+    print(f"compile matrix: {ok} programs compiled, {xfails} expected"
+          f" failures, {len(problems)} problems")
+    return 1 if problems else 0
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
