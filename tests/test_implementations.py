@@ -57,12 +57,17 @@ _GEOMETRIES = [
     (1, (2, 1), (1, 1), 1),
     (2, 1, (4, 5), 1),
 ]
-# Every geometry with both paddings, the data format alternating.
+_PADDINGS = ("same", "valid")
+_FORMATS = ("channels_last", "channels_first")
+# Every geometry with both paddings. The default profile runs every other
+# case (`_every_other`: the first of each geometry's two), so the first
+# padding alternates with the geometry and the data format every two
+# geometries: the default cases meet both paddings in both formats.
 _CASES = [
-    (impl, *geom, padding, ("channels_last", "channels_first")[(i + j) % 2])
+    (impl, *geom, _PADDINGS[(i + j) % 2], _FORMATS[(i // 2 + j) % 2])
     for impl in FAST
     for i, geom in enumerate(_GEOMETRIES)
-    for j, padding in enumerate(("same", "valid"))
+    for j in range(2)
 ]
 _MORE = pytest.mark.full("the other padding of each geometry")
 
@@ -148,14 +153,33 @@ def test_taps_splits_large_stride_1_outputs_and_kernels(
   np.testing.assert_array_equal(y[0, ..., 0], np.outer(count, count))
 
 
-# Every geometry once, the padding and the data format alternating.
-_SPLIT_CASES = [c for c in _CASES if c[0] == "taps"][::2]
+# Every geometry once; the default profile runs every other one, so the
+# padding alternates every two geometries and the format every four: the
+# default cases meet both paddings and both formats.
+_SPLIT_CASES = [("taps", *geom, _PADDINGS[(i // 2) % 2],
+                 _FORMATS[(i // 4 + i) % 2])
+                for i, geom in enumerate(_GEOMETRIES)]
 
 
 @pytest.mark.parametrize("case", _every_other(_SPLIT_CASES), ids=_ids)
 def test_taps_split_forward_matches_references(case, taps_split_everywhere):
   _check_against_references(case)
   assert taps_split_everywhere, "the split forward pass did not run"
+
+
+def _default_profile(cases):
+  return [c for c in _every_other(cases) if not hasattr(c, "marks")]
+
+
+@pytest.mark.parametrize("cases", [_CASES, _SPLIT_CASES],
+                         ids=["grid", "split"])
+def test_default_profile_meets_both_paddings_in_both_formats(cases):
+  """A regression that breaks "valid" (or one format) alone must fail the
+  default suite, not only the full profile."""
+  for impl in {c[0] for c in cases}:
+    seen = {(c[5], c[6]) for c in _default_profile(cases) if c[0] == impl}
+    assert seen == {(p, f) for p in _PADDINGS for f in _FORMATS}, (impl,
+                                                                   seen)
 
 
 @pytest.mark.parametrize("rank,strides,dilation,padding,channels_last", [
