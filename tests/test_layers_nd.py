@@ -139,16 +139,18 @@ def test_separable_conv1d_matches_keras(kwargs):
     # its definition is "valid" after (kernel - 1) * dilation zeros on the
     # left, so that is the oracle.
     k_layer = keras.layers.SeparableConv1D(5, 3, **{**kwargs,
-                                                   "padding": "valid"})
+                                                   "padding": "valid"},
+                                           **_keras_bias(3))
     left = 2 * kwargs.get("dilation_rate", 1)
     expected = np.asarray(k_layer(np.pad(x, ((0, 0), (left, 0), (0, 0)))))
   else:
-    k_layer = keras.layers.SeparableConv1D(5, 3, **kwargs)
+    k_layer = keras.layers.SeparableConv1D(5, 3, **kwargs, **_keras_bias(3))
     expected = np.asarray(k_layer(x))
     assert sepconv_jax.SeparableConv1D(5, 3, **kwargs).compute_output_shape(
         (None, *x.shape[1:])) == tuple(
             k_layer.compute_output_shape((None, *x.shape[1:])))
   weights = k_layer.get_weights()
+  _nonzero_bias(weights, kwargs)
   names = ["depthwise_kernel", "pointwise_kernel", "bias"]
   params = dict(zip(names, weights))
   ours = sepconv_jax.SeparableConv1D(5, 3, **kwargs)
@@ -156,6 +158,19 @@ def test_separable_conv1d_matches_keras(kwargs):
   np.testing.assert_allclose(y, expected, **TOL)
   assert y.shape == ours.compute_output_shape(x.shape)
   assert sepconv_jax.SeparableConvolution1D is sepconv_jax.SeparableConv1D
+
+
+def _keras_bias(seed):
+  """A non-zero bias for Keras's layer (its default is zeros), so that the
+  comparison checks the bias's wiring too: standard normal, the outputs'
+  own scale."""
+  return {"bias_initializer": keras.initializers.RandomNormal(
+      stddev=1.0, seed=seed)}
+
+
+def _nonzero_bias(weights, kwargs):
+  if kwargs.get("use_bias", True):
+    assert np.min(np.abs(weights[-1])) > 0, "Keras's bias is zero"
 
 
 def _depthwise_matches_keras(layer, kwargs, spatial, seed, batch):
@@ -167,8 +182,10 @@ def _depthwise_matches_keras(layer, kwargs, spatial, seed, batch):
   channels_first = kwargs.get("data_format") == "channels_first"
   shape = (2, 3, *spatial) if channels_first else (2, *spatial, 3)
   x = _rng(seed).standard_normal(shape).astype(np.float32)
-  k_layer = getattr(keras.layers, layer)(kernel_size, **kwargs)
+  k_layer = getattr(keras.layers, layer)(kernel_size, **kwargs,
+                                         **_keras_bias(seed))
   expected = np.asarray(k_layer(x))
+  _nonzero_bias(k_layer.get_weights(), kwargs)
   params = dict(zip(["kernel", "bias"], k_layer.get_weights()))
   ours = getattr(sepconv_jax, layer)(kernel_size, **kwargs)
   variables = ours.init(jax.random.key(0), x)
