@@ -24,6 +24,7 @@ from flax import nnx
 
 import sepconv_jax
 from test_keras_applications import numpy_draws  # Fast Keras layer builds.
+import tolerances  # noqa: E402  (tests/, as above)
 
 L = keras.layers
 I = keras.initializers
@@ -77,6 +78,18 @@ def _random(shape, seed=0):
   return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
 
 
+def _assert_layer_close(got, expected, keras_layer, x, kwargs):
+  """float32: 1e-5 (float32 sums of a few dozen terms, well inside);
+  bfloat16: `tolerances.bfloat16_layer_bound` of Keras's magnitude."""
+  if kwargs.get("dtype") is None:
+    np.testing.assert_allclose(got, expected, **TOL)
+  else:
+    tolerances.assert_within(np.float32(got), np.float32(expected),
+                             tolerances.keras_magnitude(keras_layer, x),
+                             tolerances.bfloat16_layer_bound(),
+                             what=str(kwargs["dtype"]))
+
+
 def _abstract(make, *args, **kwargs):
   """An NNX layer with abstract params (no draws): `make(..., rngs=...)`."""
   return nnx.eval_shape(lambda: make(*args, **kwargs, rngs=nnx.Rngs(0)))
@@ -99,7 +112,6 @@ def test_ported_layer_matches_keras(case):
   expected = np.asarray(keras_layer(x))
   config = keras_layer.get_config()
   channels = _channels(config, shape)
-  tol = TOL if kwargs.get("dtype") is None else dict(rtol=2e-2, atol=2e-2)
 
   # linen: the config both ways, the weights both ways, the numbers.
   module = LINEN[class_name].from_keras_config(config)
@@ -116,7 +128,7 @@ def test_ported_layer_matches_keras(case):
     np.testing.assert_array_equal(ours, theirs)
   got, state = module.apply({"params": params}, x, mutable=["losses"])
   assert got.dtype == expected.dtype
-  np.testing.assert_allclose(np.float32(got), np.float32(expected), **tol)
+  _assert_layer_close(got, expected, keras_layer, x, kwargs)
   keras_losses = sum(float(v) for v in keras_layer.losses)
   np.testing.assert_allclose(float(sepconv_jax.regularization_loss(state)),
                              keras_losses, rtol=1e-5, atol=1e-8)

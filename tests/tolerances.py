@@ -117,3 +117,42 @@ def cpu_only_skip_reason(why: str) -> str | None:
   if backend() == "cpu":
     return None
   return f"CPU-only mechanism ({why}); this backend is {backend()}"
+
+
+#: Unit roundoff of bfloat16 (8 significant bits).
+U_BF16 = 2.0**-8
+
+#: The largest slope of the activations the Keras comparisons use (relu,
+#: relu6, tanh, sigmoid: 1; gelu and swish: below 1.13): an activation
+#: multiplies a difference of its inputs by at most this.
+ACTIVATION_SLOPE = 1.13
+
+
+def bfloat16_layer_bound() -> float:
+  """Relative bound between two bfloat16 evaluations of one layer.
+
+  Keras's layer and ours under a bfloat16 compute dtype start from the
+  same bfloat16 operands (the inputs and kernels rounded alike), then each
+  rounds the depthwise result to bfloat16 (``u``, which the pointwise sum
+  carries through) and the output (``u``); the float32 accumulation adds
+  a negligible ``terms * 2**-24``. The two sides therefore differ by at
+  most ``2 * 2u`` of the magnitude (the layer on absolute values, before
+  its activation) times the activation's slope; the extra ``u`` covers
+  the bias added after a rounding.
+  """
+  return ACTIVATION_SLOPE * 5 * U_BF16
+
+
+def keras_magnitude(layer, x) -> np.ndarray:
+  """The magnitude of a Keras conv layer's output at `x`: the same layer
+  in float32, without activation, on the absolute values of `x` and of
+  its weights (an elementwise bound of the sums' absolute terms)."""
+  config = {**layer.get_config(), "dtype": "float32", "activation": None,
+            "name": None}
+  config.pop("name")
+  twin = type(layer).from_config(config)
+  x = np.abs(np.asarray(x, np.float32))
+  twin.build(x.shape)
+  twin.set_weights([np.abs(np.asarray(w, np.float32))
+                    for w in layer.get_weights()])
+  return np.asarray(twin(x), np.float64)
