@@ -137,7 +137,7 @@ def _backward_kernels(x, dk, *rest, cfg, has_pk, has_b, need, target,
   out = []
   if need_x:
     g = layout.geometry(x.shape, dk.shape, filters, cfg, target,
-                        grid="input", itemsize=x.dtype.itemsize)
+                        kernel="input_grad", itemsize=x.dtype.itemsize)
     ctq = layout.dilated_cotangent(ct, g, not has_pk)
     wq = (layout.flipped_products(dk, pk, g) if has_pk
           else layout.flipped_depthwise_weights(dk, g))
@@ -146,7 +146,7 @@ def _backward_kernels(x, dk, *rest, cfg, has_pk, has_b, need, target,
     out.append(dx[:, :h, :w, :c])
   if need_dk or need_pk or need_b:
     g = layout.geometry(x.shape, dk.shape, filters, cfg, target,
-                        itemsize=x.dtype.itemsize)
+                        kernel="param_grads", itemsize=x.dtype.itemsize)
     dpk, ddk, db = _pallas_kernels.param_grads(
         layout.phased_input(x, g), layout.depthwise_weights(dk, g),
         layout.pointwise_weights(pk, g) if has_pk else None,

@@ -49,8 +49,42 @@ def _params(target: str, g: Geometry, semantics: tuple[str, ...],
   if interpret:
     return None
   if target == "gpu":
-    return plgpu.CompilerParams(num_warps=g.tiles.warps, num_stages=2)
-  return pltpu.CompilerParams(dimension_semantics=semantics)
+    return plgpu.CompilerParams(num_warps=g.tiles.warps,
+                                num_stages=g.tiles.stages)
+  return pltpu.CompilerParams(dimension_semantics=semantics,
+                              vmem_limit_bytes=g.tiles.vmem_limit or None)
+
+
+def _chunks(total: int, size: int, body, init):
+  """``body(offset, carry)`` over the chunks of ``range(total)``: a static
+  offset when there is one chunk (Mosaic proves nothing of a dynamic lane
+  offset that is not a multiple of 128), else a `lax.fori_loop`."""
+  if total == size:
+    return body(0, init)
+  return lax.fori_loop(
+      0, total // size,
+      lambda i, carry: body(pl.multiple_of(i * size, size), carry), init)
+
+
+def _ch(c, g: Geometry):
+  """The element offset of channel block `c`: a static 0 when there is one
+  block (Mosaic proves a block offset only a multiple of its lane tiling)."""
+  if g.padded_channels == g.tiles.channels:
+    return 0
+  return c * g.tiles.channels
+
+
+def _cost(flops: int, *arrays_and_shapes) -> pl.CostEstimate:
+  """XLA's view of a kernel: its flops and the bytes of its operands and
+  results (each read or written once)."""
+  total = 0
+  for a in arrays_and_shapes:
+    size = 1
+    for d in a.shape:
+      size *= d
+    total += size * jnp.dtype(a.dtype).itemsize
+  return pl.CostEstimate(flops=int(flops), transcendentals=0,
+                         bytes_accessed=int(total))
 
 
 def _window(ref, lead, row, col, rows, cols, ch, chans):
@@ -144,16 +178,15 @@ def _forward_kernel(*refs, g: Geometry, target: str, depthwise_only: bool,
     return
   (pk_ref,) = rest
 
-  def chunk(i, acc):
-    ch = pl.multiple_of(i * t_.channels, t_.channels)
+  def chunk(ch, acc):
     d = _depthwise(x_ref, w_ref, ch, ch, g, t_.channels)
     for m in range(g.multiplier):
       pk = pk_ref[m, pl.ds(ch, t_.channels), :]
       acc = acc + _dot(d[m].astype(pk.dtype), pk, precision)
     return acc
 
-  acc = lax.fori_loop(0, g.padded_channels // t_.channels, chunk,
-                      jnp.zeros((rows * cols, t_.filters), _F32))
+  acc = _chunks(g.padded_channels, t_.channels, chunk,
+                jnp.zeros((rows * cols, t_.filters), _F32))
   if has_bias:
     acc = acc + b_ref[0, :].astype(_F32)[None, :]
   value = acc.astype(out_dtype).reshape(rows, cols, t_.filters)
@@ -192,7 +225,7 @@ def forward(xs, w, pk, b, g: Geometry, *, target: str, interpret: bool,
         _x_spec(g, None).block_shape[:-1] + (pl.Element(t_.channels),),
         lambda i, tile, c: (i, 0, 0, lax.div(tile, cb_count) * t_.rows,
                             lax.rem(tile, cb_count) * t_.cols,
-                            c * t_.channels))
+                            _ch(c, g)))
     specs = [x_spec, pl.BlockSpec((len(g.taps), g.multiplier, t_.channels),
                                   lambda i, tile, c: (0, 0, c))]
     if b is not None:
@@ -244,11 +277,17 @@ def forward(xs, w, pk, b, g: Geometry, *, target: str, interpret: bool,
       _forward_kernel, g=g, target=target, depthwise_only=depthwise_only,
       has_bias=b is not None, precision=g.cfg.precision,
       out_dtype=jnp.dtype(out_dtype))
+  out = jax.ShapeDtypeStruct(out_shape, out_dtype)
+  pixels = n * g.out[0] * g.out[1]
+  work = g.channels * g.multiplier
+  flops = 2 * pixels * work * (len(g.taps) + (0 if depthwise_only
+                                                else g.filters))
   return pl.pallas_call(
-      kernel, out_shape=jax.ShapeDtypeStruct(out_shape, out_dtype),
+      kernel, out_shape=out,
       grid=(n, rb_count * cb_count, last), in_specs=specs,
       out_specs=out_spec, interpret=interpret, name="sepconv_forward",
       compiler_params=_params(target, g, ("parallel",) * 3, interpret),
+      cost_estimate=_cost(flops, *operands, out),
   )(*operands)
 
 
@@ -275,16 +314,15 @@ def _input_grad_kernel(ct_ref, w_ref, dx_ref, *, g: Geometry, target: str,
   else:
     chunk_size = t_.filters
 
-    def chunk(i, acc):
-      f = pl.multiple_of(i * chunk_size, chunk_size)
+    def chunk(f, acc):
       for t, (oi, oj) in enumerate(taps):
         window = _window(ct_ref, (), oi, oj, rows, cols, f, chunk_size)
         acc = acc + _dot(window, w_ref[t, pl.ds(f, chunk_size), :],
                          precision)
       return acc
 
-    acc = lax.fori_loop(0, g.padded_filters // chunk_size, chunk,
-                        jnp.zeros((rows * cols, t_.channels), _F32))
+    acc = _chunks(g.padded_filters, chunk_size, chunk,
+                  jnp.zeros((rows * cols, t_.channels), _F32))
   value = acc.astype(out_dtype).reshape(rows, cols, t_.channels)
   if target == "gpu":
     _masked_store(dx_ref, value, (g.size[0], g.size[1], g.channels),
@@ -302,7 +340,7 @@ def input_grad(ctq, w, g: Geometry, *, target: str, interpret: bool,
     w: `_pallas_layout.flipped_products`, or for the depthwise step alone
       `_pallas_layout.flipped_depthwise_weights`.
     g: the geometry, with the target's tiles for the input grid
-      (``grid="input"``).
+      (``kernel="input_grad"``).
     target, interpret, out_dtype: as for `forward`.
 
   Returns:
@@ -322,7 +360,7 @@ def input_grad(ctq, w, g: Geometry, *, target: str, interpret: bool,
     ct_spec = pl.BlockSpec(
         (None, pl.Element(g.multiplier), pl.Element(t_.rows + eh),
          pl.Element(t_.cols + ew), pl.Element(t_.channels)),
-        lambda i, tile, c: (i, 0, *at(tile), c * t_.channels))
+        lambda i, tile, c: (i, 0, *at(tile), _ch(c, g)))
     w_spec = pl.BlockSpec((kh * kw, g.multiplier, t_.channels),
                           lambda i, tile, c: (0, 0, c))
   else:
@@ -347,12 +385,17 @@ def input_grad(ctq, w, g: Geometry, *, target: str, interpret: bool,
   kernel = functools.partial(
       _input_grad_kernel, g=g, target=target, depthwise_only=depthwise_only,
       precision=g.cfg.precision, out_dtype=jnp.dtype(out_dtype))
+  out = jax.ShapeDtypeStruct(out_shape, out_dtype)
+  per_pixel = (g.multiplier * g.channels if depthwise_only
+               else g.filters * g.channels)
+  flops = 2 * n * g.size[0] * g.size[1] * kh * kw * per_pixel
   return pl.pallas_call(
-      kernel, out_shape=jax.ShapeDtypeStruct(out_shape, out_dtype),
+      kernel, out_shape=out,
       grid=(n, rb_count * cb_count, g.padded_channels // t_.channels),
       in_specs=[ct_spec, w_spec], out_specs=out_spec, interpret=interpret,
       name="sepconv_input_grad",
       compiler_params=_params(target, g, ("parallel",) * 3, interpret),
+      cost_estimate=_cost(flops, ctq, w, out),
   )(ctq, w)
 
 
@@ -369,27 +412,40 @@ def _block_sums(x_ref, x_lead, w_ref, pk_ref, ct, row, col, ch, f, sums, *,
   """
   t_ = g.tiles
   dpk, ddk, db = sums
-  windows = [
-      _window(x_ref, (*x_lead, a, b), row + oi, col + oj, t_.rows, t_.cols,
-              ch, t_.channels).astype(_F32)
-      for a, b, oi, oj in g.taps]
+
+  def window(t):
+    a, b, oi, oj = g.taps[t]
+    return _window(x_ref, (*x_lead, a, b), row + oi, col + oj, t_.rows,
+                   t_.cols, ch, t_.channels).astype(_F32)
+
+  # The taps stream: one window is live at a time (each is read twice, for
+  # the depthwise result and for its kernel's gradient), which keeps the
+  # GPU form's registers and the TPU form's VMEM small.
   if depthwise_only:
     gd = [c.astype(_F32) for c in ct]
     db = [s + jnp.sum(c, axis=0) for s, c in zip(db, gd)]
   else:
     db = db + jnp.sum(ct.astype(_F32), axis=0)
+    d = [jnp.zeros((t_.rows * t_.cols, t_.channels), _F32)
+         for _ in range(g.multiplier)]
+    for t in range(len(g.taps)):
+      xt = window(t)
+      for m in range(g.multiplier):
+        w = w_ref[t, m, pl.ds(ch, t_.channels)].astype(_F32)
+        d[m] = d[m] + xt * w[None, :]
     gd, new_dpk = [], []
     for m in range(g.multiplier):
-      d = sum(xt * w_ref[t, m, pl.ds(ch, t_.channels)].astype(_F32)[None, :]
-              for t, xt in enumerate(windows))
       pk = pk_ref[m, pl.ds(ch, t_.channels), pl.ds(f, t_.filters)]
-      new_dpk.append(dpk[m] + _dot(d.astype(ct.dtype), ct, precision,
+      new_dpk.append(dpk[m] + _dot(d[m].astype(ct.dtype), ct, precision,
                                    ((0,), (0,))))
       gd.append(_dot(ct, pk, precision, ((1,), (1,))))
     dpk = new_dpk
-  ddk = [[ddk[t][m] + jnp.sum(xt * gd[m], axis=0)
-          for m in range(g.multiplier)] for t, xt in enumerate(windows)]
-  return dpk, ddk, db
+  new_ddk = []
+  for t in range(len(g.taps)):
+    xt = window(t)
+    new_ddk.append([ddk[t][m] + jnp.sum(xt * gd[m], axis=0)
+                    for m in range(g.multiplier)])
+  return dpk, new_ddk, db
 
 
 def _zero_sums(g: Geometry, depthwise_only: bool):
@@ -460,10 +516,9 @@ def _param_grads_tpu_kernel(x_ref, w_ref, *refs, g: Geometry,
     pk_ref = dpk_ref = None
   else:
     pk_ref, ct_ref, dpk_ref, ddk_ref, db_ref = refs
-  c, tile = pl.program_id(0), pl.program_id(2)
-  # The pointwise form's blocks hold every channel; the depthwise-only
-  # form's x and weights blocks are the channel tile itself.
-  ch = 0 if depthwise_only else pl.multiple_of(c * t_.channels, t_.channels)
+  tile = pl.program_id(2)
+  # The x, weights and pointwise blocks are the channel tile itself.
+  ch = 0
 
   @pl.when(tile == 0)
   def _():
@@ -559,8 +614,8 @@ def param_grads(xs, w, pk, ctp, g: Geometry, *, target: str,
              pl.BlockSpec((taps, m, g.padded_channels),
                           lambda c, f, tile: (0, 0, 0))]
     if not depthwise_only:
-      specs.append(pl.BlockSpec((m, g.padded_channels, t_.filters),
-                                lambda c, f, tile: (0, 0, f)))
+      specs.append(pl.BlockSpec((m, t_.channels, t_.filters),
+                                lambda c, f, tile: (0, c, f)))
       specs.append(pl.BlockSpec((None, t_.rows, t_.cols, t_.filters),
                                 lambda c, f, tile: (*block(tile), f)))
     else:
@@ -585,19 +640,26 @@ def param_grads(xs, w, pk, ctp, g: Geometry, *, target: str,
     kernel = functools.partial(_param_grads_tpu_kernel, **kernel_args)
     semantics = ("parallel", "parallel", "arbitrary")
   operands = [xs, w] + ([] if depthwise_only else [pk]) + [ctp]
-  if target == "tpu" and depthwise_only:
+  if target == "tpu":
     # The channel block selects the TPU form's x and weights too.
     specs[0] = pl.BlockSpec(
         specs[0].block_shape[:-1] + (pl.Element(t_.channels),),
         lambda c, f, tile: (*x_index(c, f, tile)[:1], 0, 0,
-                            *x_index(c, f, tile)[1:3], c * t_.channels))
+                            *x_index(c, f, tile)[1:3], _ch(c, g)))
     specs[1] = pl.BlockSpec((taps, m, t_.channels),
                             lambda c, f, tile: (0, 0, c))
+  out_shapes = [jax.ShapeDtypeStruct(s, _F32) for s in shapes]
+  # The depthwise result recomputed and each tap's product with the
+  # cotangent (2 x taps), and the two pointwise dots (dpk, g).
+  work = g.channels * g.multiplier
+  flops = 2 * g.batch * g.out[0] * g.out[1] * work * (
+      2 * taps + (0 if depthwise_only else 2 * g.filters))
   outs = pl.pallas_call(
-      kernel, out_shape=[jax.ShapeDtypeStruct(s, _F32) for s in shapes],
+      kernel, out_shape=out_shapes,
       grid=grid, in_specs=specs, out_specs=out_specs, interpret=interpret,
       name="sepconv_param_grads",
       compiler_params=_params(target, g, semantics, interpret),
+      cost_estimate=_cost(flops, *operands, *out_shapes),
   )(*operands)
   if depthwise_only:
     ddk, db = outs

@@ -97,9 +97,10 @@ class Geometry(NamedTuple):
 
 
 def geometry(x_shape, kernel_shape, filters: Optional[int], cfg: Config,
-             target: str, *, grid: str = "output",
+             target: str, *, kernel: str = "forward",
              itemsize: int = 4) -> Geometry:
-  """The `Geometry` of a call; `grid` "input" tiles the input gradient."""
+  """The `Geometry` of a call, with the tiles of `kernel` ("forward",
+  "input_grad", whose grid is the input's, or "param_grads")."""
   n, h, w, c = x_shape
   kh, kw, _, m = kernel_shape
   out = tuple(
@@ -107,10 +108,17 @@ def geometry(x_shape, kernel_shape, filters: Optional[int], cfg: Config,
       for size, (lo, hi), k, s, d in zip((h, w), cfg.pads, (kh, kw),
                                          cfg.strides, cfg.dilation))
   f = c * m if filters is None else filters
-  tiled = (h, w) if grid == "input" else out
+  (sh, sw), (dh, dw) = cfg.strides, cfg.dilation
+  if kernel == "input_grad":
+    tiled, halo, phases = (h, w), ((kh - 1) * dh, (kw - 1) * dw), 1
+  else:
+    tiled, phases = out, sh * sw
+    halo = ((kh - 1) * dh) // sh, ((kw - 1) * dw) // sw
   tiles = _pallas_policy.tiles(target, out_hw=tiled, channels=c, filters=f,
                                positions=n * out[0] * out[1],
-                               itemsize=itemsize)
+                               itemsize=itemsize, kernel=kernel,
+                               taps=kh * kw, multiplier=m, halo=halo,
+                               phases=phases)
   return Geometry(n, (h, w), c, m, f, (kh, kw), out, cfg, tiles)
 
 
@@ -175,7 +183,7 @@ def dilated_cotangent(ct: jax.Array, g: Geometry,
   Rows and columns get ``s - 1`` zeros between them and are shifted so
   that input position ``h`` gets ``sum_i ct_q[h + i * d] * w[kh - 1 - i]``
   (a stride-1 correlation with the flipped kernel). The input gradient's
-  tiles (``g`` made with ``grid="input"``) set the padded size. Shape
+  tiles (``g`` made with ``kernel="input_grad"``) set the padded size. Shape
   ``(N, H_p + e_h, W_p + e_w, F_p)``, or ``(N, M, ..., C_p)`` for the
   depthwise step alone.
   """

@@ -168,6 +168,71 @@ def test_tpu_form_interpreted_matches_lax(strides, dilation, m, bias):
       _close(g, w, f"tpu gradient {i} (pointwise={has_pk})", rtol=1e-4)
 
 
+@pytest.mark.parametrize("strides,m", [((1, 1), 1), ((2, 2), 2)])
+def test_tpu_form_with_channel_and_filter_tiles_matches_lax(strides, m,
+                                                            monkeypatch):
+  """The Mosaic form when the VMEM budget splits C into 128-lane tiles (C
+  padded from 200 to 256) and F into 256-lane blocks and chunks (F padded
+  from 520 to 768): the channel blocks' offsets, the forward pass's and
+  the input gradient's chunk loops, and the partial sums per block.
+  Float32 at "highest": the exact-float32 tolerance (rtol 2e-5; 1e-4 for
+  the gradients' longer sums)."""
+  from sepconv_jax import _pallas_policy
+  monkeypatch.setattr(_pallas_policy, "TPU_VMEM_BUDGET", 1)
+  x, dk, pk, b, db = _arrays(7, (5, 6), 200, (3, 3), m, 520)
+  cfg = _pallas_layout.Config(strides, (1, 1), ((1, 1), (1, 1)),
+                              (lax.Precision.HIGHEST, lax.Precision.HIGHEST))
+  g = _pallas_layout.geometry(x.shape, dk.shape, 520, cfg, "tpu",
+                              kernel="param_grads")
+  assert (g.tiles.channels, g.padded_channels) == (128, 256), g.tiles
+  assert (g.tiles.filters, g.padded_filters) == (256, 768), g.tiles
+  tpu = dict(cfg=cfg, target="tpu", interpret=True)
+  pk2 = pk.reshape(-1, 520)
+  for has_pk in (True, False):
+    bias_ = b if has_pk else db
+    operands = [x, dk] + ([pk2] if has_pk else []) + [bias_]
+    y = jax.jit(functools.partial(_pallas._forward_kernels, has_pk=has_pk,
+                                  has_b=True, **tpu))(*operands)
+    want = _pallas._reference(x, dk, pk2 if has_pk else None, bias_, cfg)
+    _close(y, want, f"tpu forward (pointwise={has_pk})")
+    ct = np.random.default_rng(4).standard_normal(want.shape).astype(
+        np.float32)
+    need = (True,) * len(operands)
+    grads = jax.jit(functools.partial(
+        _pallas._backward_kernels, has_pk=has_pk, has_b=True, need=need,
+        **tpu))(*operands[:2 + has_pk], ct)
+    wants = _pallas._reference_backward(x, dk, pk2 if has_pk else None, ct,
+                                        cfg, True, need)
+    for i, (gr, w) in enumerate(zip(grads, wants)):
+      _close(gr, w, f"tpu gradient {i} (pointwise={has_pk})", rtol=1e-4)
+
+
+def test_policy_fits_every_target_limit():
+  """The tiles of every kernel at the canonical shapes (batch 64) fit the
+  smallest chip of each kind: Triton dots of at least 16 per side in
+  power-of-2 blocks under the L4's shared memory budget; on TPU, channel
+  tiles whole or multiples of 128 lanes, under v4's VMEM."""
+  from sepconv_jax import _pallas_policy as policy
+  for h, w, c, f, s in _CANONICAL:
+    for itemsize in (4, 2):
+      for kernel in policy.KERNELS:
+        t = policy.tiles("gpu", out_hw=(-(-h // s), -(-w // s)), channels=c,
+                         filters=f, positions=64 * h * w // s // s,
+                         itemsize=itemsize, kernel=kernel)
+        for size in (t.cols, t.channels, t.filters):
+          assert size >= 16 and size & (size - 1) == 0, t
+        assert t.stages in (1, 2) and t.warps in (4, 8), t
+        assert policy.GPU_SHARED_BUDGET <= 99 * 1024
+        t = policy.tiles("tpu", out_hw=(-(-h // s), -(-w // s)), channels=c,
+                         filters=f, positions=64 * h * w // s // s,
+                         itemsize=itemsize, kernel=kernel,
+                         halo=(2, 2) if s == 1 else (1, 1),
+                         phases=s * s)
+        assert t.channels == c or t.channels % 128 == 0, (c, t)
+        assert t.filters == f or t.filters % 128 == 0, (f, t)
+        assert 0 < t.vmem_limit <= 16 * 1024 * 1024, t
+
+
 def test_reverse_mode_runs_the_kernels_and_forward_mode_runs_lax():
   x, dk, pk, b, _ = _arrays(2, (6, 5), 2, (3, 3), 1, 3)
   f = lambda *a: jnp.sum(sepconv_jax.separable_conv2d(
