@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import example
 from hypothesis import given
 from hypothesis import note
 from hypothesis import settings
@@ -42,10 +43,14 @@ try:
   from tests import conftest_hypothesis as hyp
   from tests import implementations
   from tests import reference as ref
+  from tests import reference_nd as ref_nd
+  from tests import tolerances
 except ImportError:  # tests/ itself on sys.path
   import conftest_hypothesis as hyp
   import implementations
   import reference as ref
+  import reference_nd as ref_nd
+  import tolerances
 
 IMPLS = ("auto",) + implementations.BROAD
 CL, CF = "channels_last", "channels_first"
@@ -428,9 +433,145 @@ def test_gradients_satisfy_the_adjoint_identity(cfg):
       np.abs(g64).sum()) + 1e-30)
 
 
+# --------------------------------------------------------------------------
+# Every implementation by name, over what the 2-D strategies leave out:
+# 1-D and 3-D, explicit pad pairs, "causal", padding modes, bfloat16 and
+# `precision=`.
+# --------------------------------------------------------------------------
+@st.composite
+def nd_configs(draw, ranks=(1, 2, 3)):
+  """A valid N-D configuration, with the arguments beyond Keras's."""
+  rank = draw(st.sampled_from(ranks))
+  kernel = tuple(draw(st.integers(1, 3)) for _ in range(rank))
+  steps = tuple(draw(st.integers(1, 3)) for _ in range(rank))
+  strided = draw(st.booleans())
+  strides = steps if strided else (1,) * rank
+  dilation = (1,) * rank if strided else steps
+  kind = draw(st.sampled_from(["valid", "same", "pairs"]
+                              + (["causal"] if rank == 1 else [])))
+  mode = draw(st.sampled_from(["zeros", "zeros", "reflect", "symmetric",
+                               "circular"]))
+  if kind == "pairs":
+    padding = tuple((draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+                    for _ in range(rank))
+  else:
+    padding = kind
+  sizes = []
+  for i, (k, d) in enumerate(zip(kernel, dilation)):
+    eff = (k - 1) * d + 1
+    pads = padding[i] if kind == "pairs" else (0, 0)
+    low = max(1, eff - sum(pads))
+    if mode != "zeros":  # NumPy's reflect needs pads < size
+      low = max(low, eff, max(pads) + 1)
+    sizes.append(draw(st.integers(low, low + 3)))
+  return dict(
+      rank=rank, kernel=kernel, strides=strides, dilation=dilation,
+      padding=padding, padding_mode=mode, sizes=tuple(sizes),
+      channels_last=draw(st.booleans()), c=draw(st.integers(1, 3)),
+      m=draw(st.integers(1, 2)), f=draw(st.integers(1, 3)),
+      batch=draw(st.integers(1, 2)), use_bias=draw(st.booleans()),
+      dtype=draw(st.sampled_from(["float32", "float32", "bfloat16"])),
+      precision=draw(st.sampled_from([None, "highest", "default",
+                                      jax.lax.Precision.HIGHEST])),
+      seed=draw(st.integers(0, 2**32 - 1)))
+
+
+#: Examples of `test_every_implementation_nd`, per implementation. The
+#: interpreted Pallas kernels compile for seconds each on a CPU: fewer.
+ND_EXAMPLES = {
+    "ci": {"auto": 5, "lax": 5, "taps": 5, "pallas": 3},
+    "thorough": {"auto": 500, "lax": 500, "taps": 500, "pallas": 200},
+}
+
+
+def _nd_bound(cfg, magnitude):
+  """The forward-error bound: float32 as `tolerances.separable_bound` at the
+  contraction precision asked for; bfloat16 as a bfloat16 sum of the same
+  terms (machine epsilon 2**-7 per term), the operands being the same
+  bfloat16 values on both sides."""
+  taps, cm = math.prod(cfg["kernel"]), cfg["c"] * cfg["m"]
+  if cfg["dtype"] == "bfloat16":
+    return 2 * (taps + cm + 2) * 2.0**-7 * magnitude + 1e-30
+  precision = ("default" if cfg["precision"] == "default" else "highest")
+  return tolerances.separable_bound(taps, cm, precision) * magnitude + 1e-30
+
+
+#: Run for every implementation (of that rank) before the drawn examples,
+#: so that the default profile meets each argument beyond Keras's: causal
+#: with reflect, explicit pairs with circular in bfloat16, 3-D symmetric
+#: pads at the default precision.
+_ND_EXAMPLES_ALWAYS = [
+    dict(rank=1, kernel=(3,), strides=(1,), dilation=(2,), padding="causal",
+         padding_mode="reflect", sizes=(6,), channels_last=False, c=2, m=2,
+         f=3, batch=2, use_bias=True, dtype="float32", precision="highest",
+         seed=1),
+    dict(rank=2, kernel=(2, 3), strides=(2, 1), dilation=(1, 1),
+         padding=((1, 0), (2, 1)), padding_mode="circular", sizes=(5, 4),
+         channels_last=True, c=3, m=1, f=2, batch=1, use_bias=True,
+         dtype="bfloat16", precision=jax.lax.Precision.HIGHEST, seed=2),
+    dict(rank=3, kernel=(2, 1, 2), strides=(1, 1, 1), dilation=(1, 2, 1),
+         padding=((0, 1), (1, 1), (2, 0)), padding_mode="symmetric",
+         sizes=(3, 4, 3), channels_last=False, c=2, m=2, f=2, batch=1,
+         use_bias=False, dtype="float32", precision="default", seed=3),
+]
+
+
+@pytest.mark.parametrize("impl", ("auto",) + implementations.ALL)
+def test_every_implementation_nd(impl):
+  """Each implementation, by name, on N-D configurations against float64.
+
+  A rank the implementation does not offer ("pallas": 1-D and 2-D) is not
+  drawn for it.
+  """
+  ranks = (1, 2) if impl == "pallas" else (1, 2, 3)
+
+  @settings(max_examples=ND_EXAMPLES[hyp.PROFILE][impl])
+  @given(cfg=nd_configs(ranks=ranks))
+  def check(cfg):
+    _maybe_clear_caches()
+    note(repr(cfg))
+    rng = np.random.default_rng(cfg["seed"])
+    rank, c, m, f = cfg["rank"], cfg["c"], cfg["m"], cfg["f"]
+    spatial = cfg["sizes"]
+    shape = ((cfg["batch"], *spatial, c) if cfg["channels_last"]
+             else (cfg["batch"], c, *spatial))
+    dtype = jnp.dtype(cfg["dtype"])
+    # The operands in the compute dtype; the reference sees the same values.
+    x = jnp.asarray(rng.standard_normal(shape), dtype)
+    dk = jnp.asarray(rng.standard_normal((*cfg["kernel"], c, m)), dtype)
+    pk = jnp.asarray(rng.standard_normal((1,) * rank + (c * m, f))
+                     / math.sqrt(c * m), dtype)
+    b = jnp.asarray(rng.standard_normal((f,)), dtype) if cfg[
+        "use_bias"] else None
+    y = jax.jit(functools.partial(
+        sepconv_jax.separable_conv, strides=cfg["strides"],
+        padding=cfg["padding"], dilation_rate=cfg["dilation"],
+        data_format=("channels_last" if cfg["channels_last"]
+                     else "channels_first"),
+        precision=cfg["precision"], implementation=impl,
+        padding_mode=cfg["padding_mode"]))(x, dk, pk, b)
+    assert y.dtype == dtype
+    as64 = lambda a: None if a is None else np.asarray(a, np.float64)
+    args = dict(strides=cfg["strides"], padding=cfg["padding"],
+                dilation=cfg["dilation"],
+                channels_last=cfg["channels_last"],
+                padding_mode=cfg["padding_mode"])
+    expected = ref_nd.separable(as64(x), as64(dk), as64(pk), as64(b),
+                                **args)
+    magnitude = ref_nd.separable(*(None if a is None else np.abs(as64(a))
+                                   for a in (x, dk, pk, b)), **args)
+    _assert_within(y, expected, _nd_bound(cfg, magnitude), impl)
+
+  for cfg in _ND_EXAMPLES_ALWAYS:
+    if cfg["rank"] in ranks:
+      check = example(cfg=cfg)(check)
+  check()
+
+
 def test_profile_budget():
   """The active profile runs >= 100 (ci) or >= 10,000 (thorough) examples."""
-  total = sum(EXAMPLES[hyp.PROFILE].values())
+  total = (sum(EXAMPLES[hyp.PROFILE].values())
+           + sum(ND_EXAMPLES[hyp.PROFILE].values()))
   minimum = {"ci": 100, "thorough": 10_000}[hyp.PROFILE]
   assert total >= minimum, (hyp.PROFILE, total)
 
