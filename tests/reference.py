@@ -116,12 +116,14 @@ def separable_conv2d_vjp(x, depthwise_kernel, pointwise_kernel, cotangent,
                          strides=1, padding="valid", dilation_rate=1):
   """Float64 cotangents of (x, depthwise, pointwise, bias), channels-last.
 
-  The adjoint of each linear step, from the definition: the bias's is the
-  sum of the cotangent, the pointwise kernel's the depthwise result against
-  it, and the depthwise step's cotangent ``gd = g @ pointwise^T`` goes back
-  through every tap: tap ``(i, j)`` read the padded input window at offset
-  ``(i * d_h, j * d_w)`` with stride ``s``, so its kernel entry gets that
-  window times ``gd`` and the window gets ``gd`` times the entry.
+  `padding` is "valid", "same" or explicit ``((top, bottom), (left,
+  right))``. The adjoint of each linear step, from the definition: the
+  bias's is the sum of the cotangent, the pointwise kernel's the depthwise
+  result against it, and the depthwise step's cotangent ``gd = g @
+  pointwise^T`` goes back through every tap: tap ``(i, j)`` read the padded
+  input window at offset ``(i * d_h, j * d_w)`` with stride ``s``, so its
+  kernel entry gets that window times ``gd`` and the window gets ``gd``
+  times the entry.
   """
   x = _to_nhwc(x, "channels_last")
   k = np.asarray(depthwise_kernel, np.float64)
@@ -129,10 +131,18 @@ def separable_conv2d_vjp(x, depthwise_kernel, pointwise_kernel, cotangent,
   g = np.asarray(cotangent, np.float64)
   kh, kw, c, m = k.shape
   (sh, sw), (dh, dw) = pair(strides), pair(dilation_rate)
-  d = _depthwise_nhwc(x, k, strides, padding, dilation_rate)
+  if isinstance(padding, str):
+    xp = pad_input(x, (kh, kw), (sh, sw), (dh, dw), padding)
+    top = left = 0  # the padding before the first row and column
+    if padding.lower() == "same":
+      top = tf_same_pads(x.shape[1], kh, sh, dh)[0]
+      left = tf_same_pads(x.shape[2], kw, sw, dw)[0]
+  else:
+    xp = np.pad(x, ((0, 0), *padding, (0, 0)))
+    (top, _), (left, _) = padding
+  d = _depthwise_nhwc(xp, k, strides, "valid", dilation_rate)
   n, oh, ow, _ = d.shape
   gd = np.einsum("nhwf,kf->nhwk", g, p).reshape(n, oh, ow, c, m)
-  xp = pad_input(x, (kh, kw), (sh, sw), (dh, dw), padding)
   dxp = np.zeros_like(xp)
   dk = np.zeros_like(k)
   for i in range(kh):
@@ -141,10 +151,6 @@ def separable_conv2d_vjp(x, depthwise_kernel, pointwise_kernel, cotangent,
       cols = slice(j * dw, j * dw + (ow - 1) * sw + 1, sw)
       dk[i, j] = np.einsum("nhwc,nhwcm->cm", xp[:, rows, cols, :], gd)
       dxp[:, rows, cols, :] += np.einsum("nhwcm,cm->nhwc", gd, k[i, j])
-  top = left = 0  # the padding before the first row and column
-  if padding.lower() == "same":
-    top = tf_same_pads(x.shape[1], kh, sh, dh)[0]
-    left = tf_same_pads(x.shape[2], kw, sw, dw)[0]
   dx = dxp[:, top:top + x.shape[1], left:left + x.shape[2], :]
   dpk = np.einsum("nhwk,nhwf->kf", d, g)[None, None]
   return dx, dk, dpk, g.sum(axis=(0, 1, 2))

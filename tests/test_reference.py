@@ -23,7 +23,8 @@ except ImportError:  # tests/ itself on sys.path
     (1, 1, "same", (12, 11), (3, 3), 2), (2, 1, "same", (9, 8), (3, 2), 1),
     ((2, 3), 1, "valid", (10, 11), (4, 3), 3),
     (1, (2, 3), "same", (9, 10), (3, 3), 2), (1, 2, "valid", (12, 12), (2, 3),
-                                               1)])
+                                               1),
+    ((2, 1), 1, ((2, 0), (1, 3)), (7, 9), (2, 3), 1)])
 def test_vjp_is_the_adjoint_of_the_forward_pass(strides, dilation, padding,
                                                 size, kernel, m):
   rng = np.random.default_rng(0)
