@@ -1,7 +1,7 @@
 """The float64 NumPy reference's VJP is the adjoint of its forward pass.
 
 `reference.separable_conv2d_vjp` is the oracle of gradient tests; it is
-checked here against `reference.separable_conv2d` alone, by the adjoint
+checked here against the N-D reference's forward pass alone, by the adjoint
 identity of each linear argument: for the forward pass ``y`` linear in
 ``a`` (the others fixed, no bias), ``<y(v), g> == <v, vjp_a(g)>`` for
 random ``v`` and ``g``; and the bias's cotangent is the sum of ``g``.
@@ -15,8 +15,10 @@ import pytest
 
 try:
   from tests import reference as ref
+  from tests import reference_nd as ref_nd
 except ImportError:  # tests/ itself on sys.path
   import reference as ref
+  import reference_nd as ref_nd
 
 
 @pytest.mark.parametrize("strides, dilation, padding, size, kernel, m", [
@@ -32,13 +34,15 @@ def test_vjp_is_the_adjoint_of_the_forward_pass(strides, dilation, padding,
           rng.standard_normal((*kernel, 3, m)),
           rng.standard_normal((1, 1, 3 * m, 4))]
   conv = dict(strides=strides, padding=padding, dilation_rate=dilation)
-  g = rng.standard_normal(ref.separable_conv2d(*args, **conv).shape)
+  forward = lambda x, dk, pk: ref_nd.separable(  # (explicit pads too)
+      x, dk, pk, None, ref.pair(strides), padding, ref.pair(dilation))
+  g = rng.standard_normal(forward(*args).shape)
   cotangents = ref.separable_conv2d_vjp(*args, g, **conv)
   for i in range(3):
     v = rng.standard_normal(args[i].shape)
     with_v = list(args)
     with_v[i] = v
-    lhs = np.sum(ref.separable_conv2d(*with_v, **conv) * g)
+    lhs = np.sum(forward(*with_v) * g)
     rhs = np.sum(v * cotangents[i])
     np.testing.assert_allclose(lhs, rhs, rtol=1e-12, atol=1e-12 * np.sum(
         np.abs(g)))
