@@ -164,7 +164,8 @@ def _forward_kernel(*refs, g: Geometry, target: str, depthwise_only: bool,
   rb, cb = lax.div(tile, cb_count), lax.rem(tile, cb_count)
   last = pl.program_id(2)  # the filter block, or the channel block
   if depthwise_only:
-    d = _depthwise(x_ref, w_ref, last * t_.channels, 0, g, t_.channels)
+    # The x and weights blocks are the channel block itself.
+    d = _depthwise(x_ref, w_ref, 0, 0, g, t_.channels)
     for m in range(g.multiplier):
       if has_bias:
         d[m] = d[m] + b_ref[m, :].astype(_F32)[None, :]

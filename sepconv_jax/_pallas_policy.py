@@ -68,14 +68,14 @@ def _round_up(n: int, multiple: int) -> int:
 
 
 def _gpu(kernel: str, *, width: int, channels: int, filters: int,
-         positions: int, itemsize: int, taps: int) -> Tiles:
-  del taps
+         positions: int, itemsize: int, taps: int, multiplier: int) -> Tiles:
   cols = _pow2_at_least(width, 16, 64)
   if kernel == "forward":
     # One output row segment of 16-64 pixels per program: each tap is a
     # (cols, channels) load, the pointwise step one Triton dot per chunk
     # of 16-64 channels, accumulated in registers over up to 128 filters.
-    chans = _pow2_at_least(channels, 16, 64)
+    # Float32 chunks of 32 channels: 64 spilled at 28x28x256 (ptxas).
+    chans = _pow2_at_least(channels, 16, 64 if itemsize < 4 else 32)
     filts = _pow2_at_least(filters, 16, 128)
   elif kernel == "input_grad":
     # `channels` is dx's channel tile, `filters` the chunk of the
@@ -103,10 +103,15 @@ def _gpu(kernel: str, *, width: int, channels: int, filters: int,
     tiles_total = max(1, positions // cols)
     groups = max(1, min(tiles_total, 264 // blocks,
                         (16 << 20) // max(1, channels * filters)))
-  # Warps: 8 for the larger float32 accumulators (the forward pass's
-  # (cols, filters) and depthwise (cols, channels) values), so that they fit
-  # the registers without spilling; else 4.
-  warps = 8 if cols * (filts + chans) >= 32 * 128 else 4
+  # Warps: 8 for the forward pass's larger float32 values ((cols, filters)
+  # accumulator and (cols, channels) depthwise result), so that they fit
+  # the registers without spilling; else 4 (8 spilled more in the input
+  # gradient).
+  warps = 8 if kernel == "forward" and cols * (filts + chans) >= 32 * 128 \
+      else 4
+  if kernel == "param_grads" and taps * multiplier > 9:
+    # The taps x M depthwise-kernel sums are loop carries too.
+    warps = 8
   return Tiles(rows=1, cols=cols, channels=chans, filters=filts,
                groups=groups, warps=warps, stages=stages)
 
@@ -202,7 +207,8 @@ def tiles(target: str, *, out_hw: tuple[int, int], channels: int,
   height, width = out_hw
   if target == "gpu":
     return _gpu(kernel, width=width, channels=channels, filters=filters,
-                positions=positions, itemsize=itemsize, taps=taps)
+                positions=positions, itemsize=itemsize, taps=taps,
+                multiplier=multiplier)
   if target == "tpu":
     return _tpu(kernel, height=height, width=width, channels=channels,
                 filters=filters, itemsize=itemsize, taps=taps,
