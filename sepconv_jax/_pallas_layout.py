@@ -118,7 +118,9 @@ def geometry(x_shape, kernel_shape, filters: Optional[int], cfg: Config,
                                positions=n * out[0] * out[1],
                                itemsize=itemsize, kernel=kernel,
                                taps=kh * kw, multiplier=m, halo=halo,
-                               phases=phases)
+                               phases=phases, exact=itemsize == 4 and any(
+                                   p == lax.Precision.HIGHEST
+                                   for p in cfg.precision or ()))
   return Geometry(n, (h, w), c, m, f, (kh, kw), out, cfg, tiles)
 
 

@@ -68,7 +68,8 @@ def _round_up(n: int, multiple: int) -> int:
 
 
 def _gpu(kernel: str, *, width: int, channels: int, filters: int,
-         positions: int, itemsize: int, taps: int, multiplier: int) -> Tiles:
+         positions: int, itemsize: int, taps: int, multiplier: int,
+         exact: bool) -> Tiles:
   cols = _pow2_at_least(width, 16, 64)
   if kernel == "forward":
     # One output row segment of 16-64 pixels per program: each tap is a
@@ -80,8 +81,10 @@ def _gpu(kernel: str, *, width: int, channels: int, filters: int,
   elif kernel == "input_grad":
     # `channels` is dx's channel tile, `filters` the chunk of the
     # cotangent each of the taps' dots contracts.
+    # Exact float32 dots (precision "highest": FMA, no tensor cores) hold
+    # far more in registers: chunks of 16 filters (64 spilled ~11 KB).
     chans = _pow2_at_least(channels, 16, 64)
-    filts = _pow2_at_least(filters, 16, 64)
+    filts = _pow2_at_least(filters, 16, 16 if exact else 64)
   else:
     # The parameter gradient keeps a (channels, filters) float32 sum in
     # registers across its loop (32 x 64: 16 registers a thread) besides
@@ -182,7 +185,8 @@ def _tpu(kernel: str, *, height: int, width: int, channels: int,
 def tiles(target: str, *, out_hw: tuple[int, int], channels: int,
           filters: int, positions: int, itemsize: int = 4,
           kernel: str = "forward", taps: int = 9, multiplier: int = 1,
-          halo: tuple[int, int] = (2, 2), phases: int = 1) -> Tiles:
+          halo: tuple[int, int] = (2, 2), phases: int = 1,
+          exact: bool = False) -> Tiles:
   """The tiles of a forward, input-gradient or parameter-gradient call.
 
   Args:
@@ -198,6 +202,7 @@ def tiles(target: str, *, out_hw: tuple[int, int], channels: int,
     taps, multiplier, halo, phases: the kernel's taps, the depth
       multiplier, the extra rows and columns a block reads, and the stride
       phases of the input (for the TPU's VMEM estimate).
+    exact: float32 dots at precision "highest" (Triton's exact form).
 
   Returns:
     The :class:`Tiles`.
@@ -208,7 +213,7 @@ def tiles(target: str, *, out_hw: tuple[int, int], channels: int,
   if target == "gpu":
     return _gpu(kernel, width=width, channels=channels, filters=filters,
                 positions=positions, itemsize=itemsize, taps=taps,
-                multiplier=multiplier)
+                multiplier=multiplier, exact=exact)
   if target == "tpu":
     return _tpu(kernel, height=height, width=width, channels=channels,
                 filters=filters, itemsize=itemsize, taps=taps,
