@@ -108,10 +108,14 @@ def _gpu(kernel: str, *, width: int, channels: int, filters: int,
                         (16 << 20) // max(1, channels * filters)))
   # Warps: 8 for the forward pass's larger float32 values ((cols, filters)
   # accumulator and (cols, channels) depthwise result), so that they fit
-  # the registers without spilling; else 4 (8 spilled more in the input
-  # gradient).
-  warps = 8 if kernel == "forward" and cols * (filts + chans) >= 32 * 128 \
-      else 4
+  # the registers without spilling; else 4. The input gradient: 8 with
+  # (32+, 64) blocks (4 spilled 88 bytes at 28x28x256), 4 with 32 channels
+  # (8 spilled 48 bytes at 112x112x32).
+  if kernel == "forward":
+    warps = 8 if cols * (filts + chans) >= 32 * 128 else 4
+  else:  # input gradient: measured by ptxas's spills at the shapes
+    warps = 8 if kernel == "input_grad" and chans >= 64 and cols >= 32 \
+        else 4
   if kernel == "param_grads" and taps * multiplier > 9:
     # The taps x M depthwise-kernel sums are loop carries too.
     warps = 8
