@@ -96,8 +96,10 @@ def _gpu(kernel: str, *, width: int, channels: int, filters: int,
   # Operands of one dot (A, B), staged through shared memory; pipelining
   # keeps `stages` copies of each.
   per_stage = (cols * chans + chans * filts + cols * filts) * itemsize
-  stages = 2 if kernel == "forward" and 2 * per_stage <= GPU_SHARED_BUDGET \
-      else 1
+  # Beyond 3x3 the forward loop's taps' loads are staged too (7x7 with 2
+  # stages asked 218 KiB on A100 in bfloat16): 1 stage there.
+  stages = 2 if (kernel == "forward" and taps <= 9
+                 and 2 * per_stage <= GPU_SHARED_BUDGET) else 1
   groups = 1
   if kernel == "param_grads":
     # Enough programs to fill a large GPU (~132 SMs, two programs each)
