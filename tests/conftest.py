@@ -120,3 +120,30 @@ def pytest_runtest_call(item):
     return
   with jax.default_matmul_precision(precision):
     yield
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+  """The names of the Pallas kernels lowered while the test runs, in
+  order: `_pallas_kernels.forward`, `input_grad` and `param_grads`, which
+  every lowering of the "pallas" implementation calls.
+
+  JAX caches compiled programs (and `_pallas` its eager ones), which would
+  not lower the kernels again: the caches are emptied before and after.
+  """
+  from sepconv_jax import _pallas  # pylint: disable=g-import-not-at-top
+  from sepconv_jax import _pallas_kernels  # pylint: disable=g-import-not-at-top
+  calls = []
+  for name in ("forward", "input_grad", "param_grads"):
+    original = getattr(_pallas_kernels, name)
+
+    def wrapped(*args, _name=name, _original=original, **kwargs):
+      calls.append(_name)
+      return _original(*args, **kwargs)
+
+    monkeypatch.setattr(_pallas_kernels, name, wrapped)
+  jax.clear_caches()
+  _pallas._jitted.cache_clear()
+  yield calls
+  jax.clear_caches()
+  _pallas._jitted.cache_clear()

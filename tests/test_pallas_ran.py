@@ -3,7 +3,7 @@ silent one.
 
 A `"pallas"` call that quietly ran the "lax" formulation would match "lax"
 and the float64 reference to the last bit, so a comparison alone cannot
-notice it. These tests record the kernels that run (`kernel_calls` wraps
+notice it. These tests record the kernels that run (`kernel_calls`, in `conftest.py`, wraps
 `_pallas_kernels.forward`, `input_grad` and `param_grads`, which every
 lowering of the kernels calls) and assert them:
 
@@ -36,7 +36,6 @@ from jax import lax
 
 import sepconv_jax
 from sepconv_jax import _pallas
-from sepconv_jax import _pallas_kernels
 from sepconv_jax import _pallas_layout
 
 try:
@@ -48,30 +47,7 @@ except ImportError:  # tests/ itself on sys.path
   import reference_nd as ref_nd
   import tolerances
 
-KERNELS = ("forward", "input_grad", "param_grads")
-
-
-@pytest.fixture
-def kernel_calls(monkeypatch):
-  """The names of the kernels lowered while the test runs, in order.
-
-  JAX caches compiled programs (and `_pallas` its eager ones), which would
-  not lower the kernels again: the caches are emptied before and after.
-  """
-  calls = []
-  for name in KERNELS:
-    original = getattr(_pallas_kernels, name)
-
-    def wrapped(*args, _name=name, _original=original, **kwargs):
-      calls.append(_name)
-      return _original(*args, **kwargs)
-
-    monkeypatch.setattr(_pallas_kernels, name, wrapped)
-  jax.clear_caches()
-  _pallas._jitted.cache_clear()
-  yield calls
-  jax.clear_caches()
-  _pallas._jitted.cache_clear()
+KERNELS = ("forward", "input_grad", "param_grads")  # see `kernel_calls`
 
 
 # (spatial, window, strides, dilation, padding, M, format, bias, dtype):
