@@ -25,8 +25,10 @@ autotuner, so ``"lax"`` gets XLA's heuristic choices; Pallas kernels
 compile exactly as they would on the device). See ``docs/compile.md``.
 
 The environment must be set before JAX starts a backend: importing this
-module first (before ``jax``) sets it, and `prepare_environment` does it
-for a process that imported JAX but started no backend yet.
+module first (before ``jax``) sets it; in a process that imported JAX
+first (a test, `scripts/train.py`), `devices` sets it when the target's
+compilers are found, before libtpu or the CUDA plugin loads, and leaves
+the environment alone where they are missing.
 """
 
 from __future__ import annotations
@@ -58,7 +60,9 @@ def prepare_environment() -> None:
   """Sets the variables deviceless compilation needs (see `_ENVIRONMENT`).
 
   Call it before JAX starts a backend; `JAX_PLATFORMS` is also set through
-  ``jax.config`` in case JAX is already imported.
+  ``jax.config`` in case JAX is already imported. ptxas's spill report
+  needs ``TF_CPP_MIN_LOG_LEVEL=0`` before jaxlib loads: only when this
+  module is imported first.
   """
   os.environ.update(_ENVIRONMENT)
   if "jax" not in sys.modules:
@@ -67,7 +71,8 @@ def prepare_environment() -> None:
     sys.modules["jax"].config.update("jax_platforms", "cpu")
 
 
-prepare_environment()
+if "jax" not in sys.modules:  # this module owns the process: set it all
+  prepare_environment()
 
 
 @contextlib.contextmanager
@@ -327,6 +332,7 @@ def devices(t: Target) -> list:
   """The devices of `t`'s topology (made once per process)."""
   if t.topology + t.platform + t.generation not in _TOPOLOGIES:
     check_environment(t.platform)
+    prepare_environment()
     from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
     with _captured_stderr() as log:
       try:

@@ -537,7 +537,6 @@ def compile_only(args: argparse.Namespace) -> dict:
   """
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import deviceless  # pylint: disable=g-import-not-at-top  (scripts/)
-  deviceless.prepare_environment()
   try:
     target = deviceless.target(args.compile_only)
     devices = deviceless.devices(target)

@@ -116,6 +116,20 @@ def test_missing_or_mismatched_compilers_name_the_pip_command(
   assert expected.format(jax=jax.__version__) in str(info.value)
 
 
+def test_a_missing_compiler_leaves_the_environment_alone(monkeypatch):
+  """In a process that imported JAX first (this one), the harness sets
+  JAX_PLATFORMS, CUDA_VISIBLE_DEVICES, ... only once the compilers are
+  found: a suite on a GPU keeps its GPU for later tests."""
+  for name in deviceless._ENVIRONMENT:
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.setattr(deviceless, "_version", lambda dist: None)
+  monkeypatch.setattr(deviceless, "_TOPOLOGIES", {})
+  with pytest.raises(deviceless.CompileEnvironmentError):
+    deviceless.compile_program("cuda:h100", _pallas_forward,
+                               *_specs(2, 8, 8, 8, 16))
+  assert not set(deviceless._ENVIRONMENT) & set(os.environ)
+
+
 def test_install_command_pins_the_installed_jax():
   v = jax.__version__
   assert deviceless.install_command() == (
