@@ -72,3 +72,25 @@ def separable(x, dk, pk, bias, strides, padding, dilation, channels_last=True,
   if bias is not None:
     y = y + np.asarray(bias, np.float64)
   return y if channels_last else np.moveaxis(y, -1, 1)
+
+
+def assert_adjoint(grads, cotangent, forward, operands, bound, seed=0):
+  """Checks reverse-mode gradients by the adjoint identity, in float64.
+
+  `forward(*operands)` is linear in each operand alone (the others fixed),
+  so for a random direction ``v`` in operand ``i``:
+  ``<grads[i], v> == <cotangent, forward(..., v, ...)>``. The two sides may
+  differ by `bound` times the same products on absolute values.
+  """
+  rng = np.random.default_rng(seed)
+  g = np.asarray(cotangent, np.float64)
+  operands = [np.asarray(a, np.float64) for a in operands]
+  for i, grad in enumerate(grads):
+    v = rng.standard_normal(operands[i].shape)
+    with_v = list(operands)
+    with_v[i] = v
+    absolute = [np.abs(a) for a in with_v]
+    lhs = float(np.sum(np.asarray(grad, np.float64) * v))
+    rhs = float(np.sum(g * forward(*with_v)))
+    scale = float(np.sum(np.abs(g) * forward(*absolute)))
+    assert abs(lhs - rhs) <= bound * scale + 1e-30, (i, lhs, rhs, scale)
