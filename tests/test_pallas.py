@@ -309,7 +309,7 @@ def test_transforms_match_lax():
   _close(h("pallas"), h("lax"), "hessian", rtol=1e-3)
 
 
-def test_low_precision_accumulates_in_float32():
+def test_low_precision_accumulates_in_float32(kernel_calls):
   """Within 2**-6 (bfloat16) or 2**-9 (float16) of the largest |output| of
   the float64 reference on the rounded inputs: the depthwise result is
   rounded once before the pointwise dot, the output once more. Gradients
@@ -322,6 +322,7 @@ def test_low_precision_accumulates_in_float32():
                        _arrays(6, (9, 9), 8, (3, 3), 2, 8))
     y = jax.jit(f)(x, dk, pk, b)
     assert y.dtype == dtype
+    assert kernel_calls.pop() == "forward" and not kernel_calls
     want = ref_nd.separable(as64(x), as64(dk), as64(pk), as64(b), (2, 2),
                             "same", (1, 1))
     assert np.max(np.abs(as64(y) - want)) <= eps * np.max(np.abs(want))
@@ -334,6 +335,9 @@ def test_low_precision_accumulates_in_float32():
                                    implementation="lax"
                                    ).astype(jnp.float32)),
       argnums=(0, 1, 2, 3)))(x, dk, pk, b)
+  # (The loss is linear in y: its gradient needs no forward pass.)
+  assert sorted(set(kernel_calls)) == ["input_grad", "param_grads"], (
+      kernel_calls)
   for g, w in zip(grads, lax_grads):
     assert g.dtype == jnp.bfloat16
     assert np.max(np.abs(as64(g) - as64(w))) <= 4 * 2.0**-6 * np.max(
@@ -439,7 +443,7 @@ def test_modules_export_with_the_kernels(platform):
     assert _KERNEL_CALLS[platform] in lowered.custom_calls(text)
 
 
-def test_modules_match_lax():
+def test_modules_match_lax(kernel_calls):
   x = np.random.default_rng(9).standard_normal((2, 7, 6, 3)).astype(
       np.float32)
   for impl_layer in (
@@ -453,6 +457,7 @@ def test_modules_match_lax():
     variables = layer.init(jax.random.key(0), x)
     _close(jax.jit(layer.apply)(variables, x),
            impl_layer("lax").apply(variables, x), "module")
+    assert "forward" in kernel_calls, kernel_calls
 
 
 def test_three_dimensions_are_refused_clearly():
