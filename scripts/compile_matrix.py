@@ -344,9 +344,10 @@ def main(argv=None) -> int:
   for name in args.targets:
     deviceless.target(name)  # unknown names fail before any work
   if args.install:
-    command = deviceless.install_command().split()[1:]
-    print("+ pip", " ".join(command), flush=True)
-    subprocess.check_call([sys.executable, "-m", "pip", *command, "-q"])
+    command = [sys.executable, "-m", "pip", "install", "-q",
+               *deviceless.install_packages()]
+    print("+", " ".join(command), flush=True)
+    subprocess.check_call(command)
   for p in {deviceless.target(t).platform for t in args.targets}:
     deviceless.check_environment(p)
   shapes = (CANONICAL if args.shapes is None

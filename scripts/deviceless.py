@@ -257,11 +257,16 @@ _PACKAGES = {
 }
 
 
+def install_packages(platforms: Sequence[str] = ("tpu", "cuda")) -> list:
+  """The pip requirements that bring the compilers, pinned to this jax."""
+  return [p for platform in platforms
+          for p in _PACKAGES[platform](jax.__version__)]
+
+
 def install_command(platforms: Sequence[str] = ("tpu", "cuda")) -> str:
-  """The pip command that installs the compilers, pinned to this jax."""
-  packages = [p for platform in platforms
-              for p in _PACKAGES[platform](jax.__version__)]
-  return "pip install " + " ".join(f'"{p}"' for p in packages)
+  """`install_packages` as a command to paste into a shell."""
+  return "pip install " + " ".join(f'"{p}"' for p in
+                                   install_packages(platforms))
 
 
 def _version(dist: str) -> Optional[str]:

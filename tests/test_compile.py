@@ -132,6 +132,9 @@ def test_a_missing_compiler_leaves_the_environment_alone(monkeypatch):
 
 def test_install_command_pins_the_installed_jax():
   v = jax.__version__
+  # What --install hands to pip: plain requirements, no shell quoting.
+  assert deviceless.install_packages() == [
+      f"jax[tpu]=={v}", f"jax-cuda12-plugin=={v}", "nvidia-cuda-nvcc-cu12"]
   assert deviceless.install_command() == (
       f'pip install "jax[tpu]=={v}" "jax-cuda12-plugin=={v}"'
       f' "nvidia-cuda-nvcc-cu12"')
