@@ -1,8 +1,9 @@
 """The "pallas" implementation: fused kernels behind three JAX primitives.
 
 The layer is one primitive, `_forward_p`, lowered per platform to
-`_pallas_kernels.forward`: Triton on CUDA and ROCm, Mosaic on TPU, and the
-same GPU kernel in Pallas's interpreter on CPU (correct, slow: for tests).
+`_pallas_gpu.forward` (Triton) on CUDA and ROCm, `_pallas_tpu.forward`
+(Mosaic) on TPU, and the GPU kernel in Pallas's interpreter on CPU
+(correct, slow: for tests).
 Its derivatives are two more primitives:
 
 * `_linear_p`, the linear map of the tangents (x, kernels, bias) to the
@@ -41,14 +42,16 @@ import functools
 import jax
 import jax.extend as jex
 import jax.numpy as jnp
+from jax import lax
 from jax.interpreters import ad
 from jax.interpreters import batching
 from jax.interpreters import mlir
 
 from sepconv_jax import _args
 from sepconv_jax import _lax
-from sepconv_jax import _pallas_kernels
+from sepconv_jax import _pallas_gpu
 from sepconv_jax import _pallas_layout as layout
+from sepconv_jax import _pallas_tpu
 from sepconv_jax import _warnings
 
 #: The lowering platforms, each with its kernel form and whether that runs
@@ -109,18 +112,32 @@ def _forward_kernels(x, dk, *rest, cfg, has_pk, has_b, target, interpret):
   if interpret:
     _warnings.warn_pallas_interpret()
   _, _, pk, b, _ = _split((x, dk, *rest), has_pk, has_b)
-  g = layout.geometry(x.shape, dk.shape, pk.shape[-1] if has_pk else None,
-                      cfg, target, itemsize=x.dtype.itemsize)
-  y = _pallas_kernels.forward(
+  filters = pk.shape[-1] if has_pk else None
+  itemsize = x.dtype.itemsize
+  if target == "gpu":
+    g = _pallas_gpu.geometry(x.shape, dk.shape, filters, cfg, "forward",
+                             itemsize)
+    return _pallas_gpu.forward(x, dk, pk, b, g, interpret=interpret)
+  g = layout.geometry(x.shape, dk.shape, filters, cfg, itemsize=itemsize)
+  y = _pallas_tpu.forward(
       layout.phased_input(x, g), layout.depthwise_weights(dk, g),
       layout.pointwise_weights(pk, g) if has_pk else None,
       layout.bias(b, g, not has_pk) if has_b else None,
-      g, target=target, interpret=interpret, out_dtype=x.dtype)
+      g, interpret=interpret, out_dtype=x.dtype)
   (ho, wo), n, c, m = g.out, g.batch, g.channels, g.multiplier
   if has_pk:
     return y[:, :ho, :wo, :g.filters]
   y = y[:, :, :ho, :wo, :c]
   return y.transpose(0, 2, 3, 4, 1).reshape(n, ho, wo, c * m)
+
+
+def _depthwise_cotangent(ct, pk, cfg):
+  """``g = ct @ pk^T``, the cotangent of the depthwise result: the
+  backward pass's one pointwise GEMM (XLA's), in the cotangent's dtype."""
+  g = lax.dot_general(ct, pk, (((ct.ndim - 1,), (1,)), ((), ())),
+                      precision=cfg.precision,
+                      preferred_element_type=jnp.float32)
+  return g.astype(ct.dtype)
 
 
 def _backward_kernels(x, dk, *rest, cfg, has_pk, has_b, need, target,
@@ -134,24 +151,44 @@ def _backward_kernels(x, dk, *rest, cfg, has_pk, has_b, need, target,
   n, h, w, c = x.shape
   kh, kw, _, m = dk.shape
   filters = pk.shape[-1] if has_pk else None
+  itemsize = x.dtype.itemsize
+  # The depthwise result's cotangent: what the input and the depthwise
+  # kernel's gradients read.
+  gd = _depthwise_cotangent(ct, pk, cfg) if has_pk else ct
+  if target == "gpu":
+    geo = functools.partial(_pallas_gpu.geometry, x.shape, dk.shape, filters,
+                            cfg, itemsize=itemsize)
+    out = []
+    if need_x:
+      out.append(_pallas_gpu.input_grad(gd, dk, geo("input_grad"),
+                                        interpret=interpret,
+                                        out_dtype=x.dtype))
+    if need_dk or need_pk or need_b:
+      dpk, ddk, db = _pallas_gpu.param_grads(
+          x, dk, ct if has_pk else None, gd, geo("param_grads"),
+          geo("pointwise_grads") if has_pk else None, interpret=interpret)
+      if need_dk:
+        out.append(ddk.sum(axis=0).reshape(kh, kw, c, m).astype(dk.dtype))
+      if need_pk:
+        out.append(dpk.sum(axis=0).reshape(c * m, filters).astype(pk.dtype))
+      if need_b:
+        out.append(db.sum(axis=0).reshape(-1).astype(ct.dtype))
+    return out
   out = []
   if need_x:
-    g = layout.geometry(x.shape, dk.shape, filters, cfg, target,
-                        kernel="input_grad", itemsize=x.dtype.itemsize)
-    ctq = layout.dilated_cotangent(ct, g, not has_pk)
-    wq = (layout.flipped_products(dk, pk, g) if has_pk
-          else layout.flipped_depthwise_weights(dk, g))
-    dx = _pallas_kernels.input_grad(ctq, wq, g, target=target,
-                                    interpret=interpret, out_dtype=x.dtype)
+    g = layout.geometry(x.shape, dk.shape, None, cfg, kernel="input_grad",
+                        itemsize=itemsize)
+    dx = _pallas_tpu.input_grad(layout.dilated_cotangent(gd, g, True),
+                                layout.flipped_depthwise_weights(dk, g), g,
+                                interpret=interpret, out_dtype=x.dtype)
     out.append(dx[:, :h, :w, :c])
   if need_dk or need_pk or need_b:
-    g = layout.geometry(x.shape, dk.shape, filters, cfg, target,
-                        kernel="param_grads", itemsize=x.dtype.itemsize)
-    dpk, ddk, db = _pallas_kernels.param_grads(
+    g = layout.geometry(x.shape, dk.shape, filters, cfg, kernel="param_grads",
+                        itemsize=itemsize)
+    dpk, ddk, db = _pallas_tpu.param_grads(
         layout.phased_input(x, g), layout.depthwise_weights(dk, g),
         layout.pointwise_weights(pk, g) if has_pk else None,
-        layout.output_cotangent(ct, g, not has_pk), g, target=target,
-        interpret=interpret)
+        layout.output_cotangent(ct, g, not has_pk), g, interpret=interpret)
     if need_dk:
       ddk = ddk.sum(axis=(0, 1))[:, :, :c]            # (taps, M, C)
       out.append(ddk.transpose(0, 2, 1).reshape(kh, kw, c, m)

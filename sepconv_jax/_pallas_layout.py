@@ -97,8 +97,7 @@ class Geometry(NamedTuple):
 
 
 def geometry(x_shape, kernel_shape, filters: Optional[int], cfg: Config,
-             target: str, *, kernel: str = "forward",
-             itemsize: int = 4) -> Geometry:
+             *, kernel: str = "forward", itemsize: int = 4) -> Geometry:
   """The `Geometry` of a call, with the tiles of `kernel` ("forward",
   "input_grad", whose grid is the input's, or "param_grads")."""
   n, h, w, c = x_shape
@@ -114,13 +113,9 @@ def geometry(x_shape, kernel_shape, filters: Optional[int], cfg: Config,
   else:
     tiled, phases = out, sh * sw
     halo = ((kh - 1) * dh) // sh, ((kw - 1) * dw) // sw
-  tiles = _pallas_policy.tiles(target, out_hw=tiled, channels=c, filters=f,
-                               positions=n * out[0] * out[1],
-                               itemsize=itemsize, kernel=kernel,
-                               taps=kh * kw, multiplier=m, halo=halo,
-                               phases=phases, exact=itemsize == 4 and any(
-                                   p == lax.Precision.HIGHEST
-                                   for p in cfg.precision or ()))
+  tiles = _pallas_policy.tpu_tiles(kernel, out_hw=tiled, channels=c,
+                                   filters=f, itemsize=itemsize, taps=kh * kw,
+                                   multiplier=m, halo=halo, phases=phases)
   return Geometry(n, (h, w), c, m, f, (kh, kw), out, cfg, tiles)
 
 

@@ -30,7 +30,7 @@ for the smallest chip of its kind that the project targets:
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 #: Shared memory the GPU tiles may use per block (L4: 99 KiB, less margin
 #: for Triton's own scratch).
@@ -44,16 +44,13 @@ KERNELS = ("forward", "input_grad", "param_grads")
 
 
 class Tiles(NamedTuple):
-  """The blocks of one kernel call."""
+  """The blocks of one TPU kernel call."""
 
-  rows: int       # output rows per block (input rows for the input grad)
-  cols: int       # output columns per block
-  channels: int   # input channels per inner step (or per block)
-  filters: int    # output channels per block (pointwise kernels)
-  groups: int     # parameter-gradient programs per channel-filter tile (GPU)
-  warps: int      # Triton warps per program (GPU)
-  stages: int = 1       # Triton pipeline stages (GPU)
-  vmem_limit: int = 0   # Mosaic's scoped VMEM limit in bytes (TPU; 0: none)
+  rows: int         # output rows per block (input rows for the input grad)
+  cols: int         # output columns per block
+  channels: int     # input channels per inner step (or per block)
+  filters: int      # output channels per block (pointwise kernels)
+  vmem_limit: int   # Mosaic's scoped VMEM limit in bytes
 
 
 def _pow2_at_least(n: int, low: int, high: int) -> int:
@@ -67,62 +64,93 @@ def _round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
 
 
-def _gpu(kernel: str, *, width: int, channels: int, filters: int,
-         positions: int, itemsize: int, taps: int, multiplier: int,
-         exact: bool) -> Tiles:
-  cols = _pow2_at_least(width, 16, 64)
-  if kernel == "forward":
-    # One output row segment of 16-64 pixels per program: each tap is a
-    # (cols, channels) load, the pointwise step one Triton dot per chunk
-    # of 16-64 channels, accumulated in registers over up to 128 filters.
-    # Float32 chunks of 32 channels: 64 spilled at 28x28x256 (ptxas).
-    chans = _pow2_at_least(channels, 16, 64 if itemsize < 4 else 32)
-    filts = _pow2_at_least(filters, 16, 128)
-  elif kernel == "input_grad":
-    # `channels` is dx's channel tile, `filters` the chunk of the
-    # cotangent each of the taps' dots contracts.
-    # Exact float32 dots (precision "highest": FMA, no tensor cores) hold
-    # far more in registers: chunks of 16 filters (64 spilled ~11 KB).
-    chans = _pow2_at_least(channels, 16, 64)
-    filts = _pow2_at_least(filters, 16, 16 if exact else 64)
-  else:
-    # The parameter gradient keeps a (channels, filters) float32 sum in
-    # registers across its loop (32 x 64: 16 registers a thread) besides
-    # the two dots' operands; blocks of 16 pixels compile without spills
-    # (32 spilled ~0.5 KB on H100).
-    cols = _pow2_at_least(width, 16, 16)
+class GpuTiles(NamedTuple):
+  """The tiles of one GPU (Triton) kernel call."""
+
+  pixels: int     # positions per tile, flattened over (n, h, w)
+  channels: int   # channels per chunk (per block: input grad, depthwise)
+  filters: int    # filters per block (pointwise kernels)
+  groups: int     # partial sums of the parameter gradients
+  warps: int      # Triton warps per program
+  stages: int     # Triton pipeline stages
+
+
+GPU_KERNELS = ("forward", "input_grad", "param_grads", "pointwise_grads")
+
+
+def gpu_tiles(kernel: str, *, channels: int, filters: Optional[int],
+              multiplier: int, taps: int, positions: int, itemsize: int = 4,
+              exact: bool = False) -> GpuTiles:
+  """The tiles of a GPU kernel (`_pallas_gpu`).
+
+  Args:
+    kernel: "forward", "input_grad" (the transposed depthwise step),
+      "param_grads" (the depthwise kernel's gradient) or "pointwise_grads".
+    channels: C.
+    filters: F, or None for the depthwise step alone.
+    multiplier: M.
+    taps: kh * kw.
+    positions: the positions the kernel's tiles cover (output positions;
+      input positions for "input_grad").
+    itemsize: bytes per element of the compute dtype.
+    exact: float32 dots at precision "highest" (Triton's exact form).
+
+  Returns:
+    The :class:`GpuTiles`.
+  """
+  if kernel not in GPU_KERNELS:
+    raise ValueError(f"`kernel` (={kernel!r}) must be one of {GPU_KERNELS}")
+  # Tiles of 64 positions: every tile is full but the last whatever the
+  # width, and a (64, 128) float32 accumulator is 32 registers a thread
+  # at 8 warps.
+  pixels = 64
+  if kernel == "forward" and filters is not None:
+    # The pointwise dot: chunks of channels (the contraction) by blocks of
+    # up to 128 filters. Exact float32 dots run on FMA units and hold
+    # their operands in registers: smaller blocks.
+    # Chunks of 32 channels: each tap's gathered load is a (pixels,
+    # chunk) tensor of 64-bit pointers in registers (64 bfloat16 channels
+    # spilled up to 812 bytes on L4).
     chans = _pow2_at_least(channels, 16, 32)
-    filts = _pow2_at_least(filters, 16, 64)
-  # Operands of one dot (A, B), staged through shared memory; pipelining
-  # keeps `stages` copies of each.
-  per_stage = (cols * chans + chans * filts + cols * filts) * itemsize
-  # Beyond 3x3 the forward loop's taps' loads are staged too (7x7 with 2
-  # stages asked 218 KiB on A100 in bfloat16): 1 stage there.
-  stages = 2 if (kernel == "forward" and taps <= 9
-                 and 2 * per_stage <= GPU_SHARED_BUDGET) else 1
-  groups = 1
-  if kernel == "param_grads":
-    # Enough programs to fill a large GPU (~132 SMs, two programs each)
-    # without partial sums of more than ~16M floats.
-    blocks = max(1, -(-channels // chans) * -(-filters // filts))
-    tiles_total = max(1, positions // cols)
-    groups = max(1, min(tiles_total, 264 // blocks,
-                        (16 << 20) // max(1, channels * filters)))
-  # Warps: 8 for the forward pass's larger float32 values ((cols, filters)
-  # accumulator and (cols, channels) depthwise result), so that they fit
-  # the registers without spilling; else 4. The input gradient: 8 with
-  # (32+, 64) blocks (4 spilled 88 bytes at 28x28x256), 4 with 32 channels
-  # (8 spilled 48 bytes at 112x112x32).
-  if kernel == "forward":
-    warps = 8 if cols * (filts + chans) >= 32 * 128 else 4
-  else:  # input gradient: measured by ptxas's spills at the shapes
-    warps = 8 if kernel == "input_grad" and chans >= 64 and cols >= 32 \
-        else 4
-  if kernel == "param_grads" and taps * multiplier > 9:
-    # The taps x M depthwise-kernel sums are loop carries too.
+    filts = _pow2_at_least(filters, 16, 64 if exact else 128)
+    # 8 warps: the gathers' pointers and the accumulator share the
+    # registers (4 spilled up to 636 bytes on L4 in bfloat16).
     warps = 8
-  return Tiles(rows=1, cols=cols, channels=chans, filters=filts,
-               groups=groups, warps=warps, stages=stages)
+  elif kernel == "pointwise_grads":
+    # ``depthwise(x)^T @ ct``: a (channels, filters) float32 sum per m.
+    chans = _pow2_at_least(channels, 16, 32)
+    filts = _pow2_at_least(filters, 16, 32 if exact or multiplier > 1
+                           else 64)
+    # With 4 warps, bfloat16 spilled ~800 bytes (H100, L4).
+    warps = 8
+  else:
+    # Element-wise over (positions, channels): the depthwise step alone,
+    # the transposed depthwise step, the depthwise kernel's gradient (its
+    # taps x M sums of `chans` are loop carries: smaller chunks there).
+    wide = 32 if kernel == "param_grads" and taps * multiplier > 9 else 64
+    chans = _pow2_at_least(channels, 16, wide)
+    filts = 16
+    warps = 4
+  # Operands of one dot staged through shared memory, `stages` copies.
+  per_stage = (pixels * chans + chans * filts) * itemsize
+  stages = 2 if 2 * per_stage <= GPU_SHARED_BUDGET and taps <= 9 else 1
+
+  groups = 1
+  if kernel in ("param_grads", "pointwise_grads"):
+    # Enough programs to fill a large GPU (~132 SMs, two programs each)
+    # with partial sums of at most ~16M floats.
+    blocks = _cdiv(channels, chans) * (
+        _cdiv(filters, filts) if kernel == "pointwise_grads" else 1)
+    tiles_total = _cdiv(positions, pixels)
+    size = channels * (filters or 1) * multiplier if kernel == \
+        "pointwise_grads" else channels * multiplier * taps
+    groups = max(1, min(tiles_total, 264 // blocks, (16 << 20) // size))
+  return GpuTiles(pixels=pixels, channels=chans, filters=filts,
+                  groups=groups, warps=warps, stages=stages)
+
+
+def _cdiv(a: int, b: int) -> int:
+  return -(-a // b)
 
 
 def _tpu_vmem(kernel: str, rows: int, cols: int, tc: int, cp: int, tf: int,
@@ -185,30 +213,25 @@ def _tpu(kernel: str, *, height: int, width: int, channels: int,
     choice = row_choices[-1], chan_choices[-1]
   rows, chans = choice
   return Tiles(rows=rows, cols=cols, channels=chans, filters=filts,
-               groups=1, warps=0, vmem_limit=TPU_VMEM_LIMIT)
+               vmem_limit=TPU_VMEM_LIMIT)
 
 
-def tiles(target: str, *, out_hw: tuple[int, int], channels: int,
-          filters: int, positions: int, itemsize: int = 4,
-          kernel: str = "forward", taps: int = 9, multiplier: int = 1,
-          halo: tuple[int, int] = (2, 2), phases: int = 1,
-          exact: bool = False) -> Tiles:
-  """The tiles of a forward, input-gradient or parameter-gradient call.
+def tpu_tiles(kernel: str, *, out_hw: tuple[int, int], channels: int,
+              filters: int, itemsize: int = 4, taps: int = 9,
+              multiplier: int = 1, halo: tuple[int, int] = (2, 2),
+              phases: int = 1) -> Tiles:
+  """The tiles of a TPU (Mosaic) kernel (`_pallas_tpu`).
 
   Args:
-    target: "gpu" or "tpu".
+    kernel: "forward", "input_grad" or "param_grads".
     out_hw: the grid the kernel writes (for the input gradient: the input's
       spatial size).
     channels: the input channels C (the contraction of the pointwise step).
     filters: the output channels F, or C * M for the depthwise step alone.
-    positions: N * H' * W' output positions (for the parameter gradient's
-      split into groups).
     itemsize: bytes per element of the compute dtype.
-    kernel: "forward", "input_grad" or "param_grads".
     taps, multiplier, halo, phases: the kernel's taps, the depth
       multiplier, the extra rows and columns a block reads, and the stride
-      phases of the input (for the TPU's VMEM estimate).
-    exact: float32 dots at precision "highest" (Triton's exact form).
+      phases of the input (for the VMEM estimate).
 
   Returns:
     The :class:`Tiles`.
@@ -216,12 +239,6 @@ def tiles(target: str, *, out_hw: tuple[int, int], channels: int,
   if kernel not in KERNELS:
     raise ValueError(f"`kernel` (={kernel!r}) must be one of {KERNELS}")
   height, width = out_hw
-  if target == "gpu":
-    return _gpu(kernel, width=width, channels=channels, filters=filters,
-                positions=positions, itemsize=itemsize, taps=taps,
-                multiplier=multiplier, exact=exact)
-  if target == "tpu":
-    return _tpu(kernel, height=height, width=width, channels=channels,
-                filters=filters, itemsize=itemsize, taps=taps,
-                multiplier=multiplier, halo=halo, phases=phases)
-  raise ValueError(f"`target` (={target!r}) must be 'gpu' or 'tpu'")
+  return _tpu(kernel, height=height, width=width, channels=channels,
+              filters=filters, itemsize=itemsize, taps=taps,
+              multiplier=multiplier, halo=halo, phases=phases)

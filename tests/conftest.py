@@ -125,23 +125,26 @@ def pytest_runtest_call(item):
 @pytest.fixture
 def kernel_calls(monkeypatch):
   """The names of the Pallas kernels lowered while the test runs, in
-  order: `_pallas_kernels.forward`, `input_grad` and `param_grads`, which
-  every lowering of the "pallas" implementation calls.
+  order: `forward`, `input_grad` and `param_grads` of `_pallas_gpu` or
+  `_pallas_tpu`, which every lowering of the "pallas" implementation
+  calls.
 
   JAX caches compiled programs (and `_pallas` its eager ones), which would
   not lower the kernels again: the caches are emptied before and after.
   """
   from sepconv_jax import _pallas  # pylint: disable=g-import-not-at-top
-  from sepconv_jax import _pallas_kernels  # pylint: disable=g-import-not-at-top
+  from sepconv_jax import _pallas_gpu  # pylint: disable=g-import-not-at-top
+  from sepconv_jax import _pallas_tpu  # pylint: disable=g-import-not-at-top
   calls = []
-  for name in ("forward", "input_grad", "param_grads"):
-    original = getattr(_pallas_kernels, name)
+  for module in (_pallas_gpu, _pallas_tpu):
+    for name in ("forward", "input_grad", "param_grads"):
+      original = getattr(module, name)
 
-    def wrapped(*args, _name=name, _original=original, **kwargs):
-      calls.append(_name)
-      return _original(*args, **kwargs)
+      def wrapped(*args, _name=name, _original=original, **kwargs):
+        calls.append(_name)
+        return _original(*args, **kwargs)
 
-    monkeypatch.setattr(_pallas_kernels, name, wrapped)
+      monkeypatch.setattr(module, name, wrapped)
   jax.clear_caches()
   _pallas._jitted.cache_clear()
   yield calls

@@ -274,6 +274,38 @@ def test_the_check_is_strict_about_expected_failures():
       expected) == []
 
 
+def _mem(pid, temp, args=1000, out=1000, ok=True):
+  target, impl, kind = pid.split("/")[:3]
+  return {"id": pid, "ok": ok, "target": target, "impl": impl, "kind": kind,
+          "temp_bytes": temp, "argument_bytes": args, "output_bytes": out}
+
+
+def test_the_memory_bounds_follow_the_issue():
+  """Forward: 25% of arguments plus outputs. Training step: "lax"'s
+  temporaries on that target, or 35% of its own I/O, whichever is larger;
+  other implementations and failed compiles have no bound."""
+  lax_train = _mem("cuda:h100/lax/train/s/float32", 900)
+  records = [_mem("cuda:h100/pallas/forward/s/float32", 500),
+             _mem("cuda:h100/pallas/train/s/float32", 800), lax_train,
+             _mem("tpu:v4/pallas/train/s/float32", 800)]
+  bounds = [compile_matrix.temp_bound(r, records) for r in records]
+  assert bounds == [500, 900, None, 700]
+  assert compile_matrix.temp_bound(
+      _mem("cuda:h100/pallas/forward/s/float32", 0, ok=False), records) is None
+
+
+def test_the_memory_check_is_strict():
+  records = [_mem("cuda:l4/pallas/forward/s/float32", 501),   # over
+             _mem("tpu:v5e/pallas/forward/s/float32", 900),   # listed, over
+             _mem("tpu:v6e/pallas/forward/s/float32", 100)]   # listed, within
+  expected = {"tpu:v5e/pallas/forward/s/float32": "layout pass",
+              "tpu:v6e/pallas/forward/s/float32": "layout pass"}
+  problems = compile_matrix.memory_problems(records, expected)
+  assert [p.split(":")[0] for p in problems] == ["OVER MEMORY BOUND",
+                                                  "XPASS (strict)"]
+  assert "cuda:l4" in problems[0] and "tpu:v6e" in problems[1]
+
+
 def test_xfail_messages_drop_the_sizes():
   assert compile_matrix.xfail_message(
       "JaxRuntimeError: RESOURCE_EXHAUSTED: Shared memory size limit"
@@ -287,11 +319,62 @@ def test_the_committed_table_agrees_with_the_expected_failures():
   with open(compile_matrix.JSON) as f:
     records = json.load(f)["records"]
   with open(compile_matrix.XFAIL) as f:
-    expected = json.load(f)["expected_failures"]
+    doc = json.load(f)
+  expected = doc["expected_failures"]
   assert len(records) == len(deviceless.TARGETS) * 4 * 7 * 2 * 2
   assert compile_matrix.check(records, expected) == []
+  # The Pallas programs over their temporary-memory bound are exactly the
+  # listed ones, and no GPU program is among them.
+  assert compile_matrix.memory_problems(
+      records, doc["over_memory_bound"]) == []
+  assert not [k for k in doc["over_memory_bound"] if k.startswith("cuda")]
   assert set(expected) <= {r["id"] for r in records}
   with open(compile_matrix.TABLE) as f:
     table = f.read()
   for t in deviceless.TARGETS:
     assert f"| `{t}` |" in table
+
+
+# --------------------------------------------------------- traffic model
+
+
+def test_the_traffic_model_footprint_has_a_closed_form():
+  """With tiles of exactly one output row (3x3 "same", stride 1) each
+  tile's taps read its own row and the rows above and below: 3 rows of W,
+  but 2 at the top and bottom of each image."""
+  import traffic  # pylint: disable=g-import-not-at-top
+  from shapes import Shape  # pylint: disable=g-import-not-at-top
+  n, h, w = 3, 7, 16
+  shape = Shape(height=h, width=w, channels=4, filters=8, stride=1, batch=n)
+  assert traffic.footprint(shape, w) == n * w * (3 * h - 2)
+  # One tile per image: every input position once.
+  assert traffic.footprint(shape, h * w) == n * h * w
+
+
+def test_the_traffic_model_agrees_with_the_compiler():
+  """The model's minimum arrays are exactly the H100 training step's
+  arguments and outputs (`memory_analysis()`), and the compiler allocates
+  no more temporaries than the model's `g` and partial sums."""
+  import compile_matrix  # pylint: disable=g-import-not-at-top
+  import traffic  # pylint: disable=g-import-not-at-top
+  from shapes import CANONICAL  # pylint: disable=g-import-not-at-top
+  shape = CANONICAL[2]._replace(batch=64)          # 28x28x256 -> 256
+  program = compile_matrix.Program("cuda:h100", "pallas", "train", shape,
+                                   "float32")
+  fn, args = compile_matrix.build(program)
+  if not HAVE["cuda"]:
+    with pytest.raises(deviceless.CompileEnvironmentError,
+                       match=r"run pip install"):
+      deviceless.compile_program("cuda:h100", fn, *args)
+    return
+  r = deviceless.compile_program("cuda:h100", fn, *args)
+  assert r.ok, r.error
+  n, c, f = 64, shape.channels, shape.filters
+  x = n * 28 * 28 * c * 4
+  y = n * 28 * 28 * f * 4
+  dk, pk, b = 9 * c * 4, c * f * 4, f * 4
+  assert r.argument_bytes == x + dk + pk + b + y    # x, kernels, bias, ct
+  assert r.output_bytes == y + x + dk + pk          # y, dx, ddk, dpk
+  assert 0 < r.temp_bytes <= traffic.temporaries(shape, 4)
+  forward = {k.name: k for k in traffic.kernels(shape, 4)}["forward"]
+  assert forward.minimum == x + dk + pk + y

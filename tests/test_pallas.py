@@ -165,39 +165,67 @@ def test_tpu_form_with_channel_and_filter_tiles_matches_float64(strides, m,
   error bound of the sums (`tolerances.separable_bound`)."""
   from sepconv_jax import _pallas_policy
   monkeypatch.setattr(_pallas_policy, "TPU_VMEM_BUDGET", 1)
-  x, dk, pk, b, db = _arrays(7, (5, 6), 200, (3, 3), m, 520)
   cfg = _pallas_layout.Config(strides, (1, 1), ((1, 1), (1, 1)),
                               (lax.Precision.HIGHEST, lax.Precision.HIGHEST))
-  g = _pallas_layout.geometry(x.shape, dk.shape, 520, cfg, "tpu",
+  g = _pallas_layout.geometry((7, 5, 6, 200), (3, 3, 200, m), 520, cfg,
                               kernel="param_grads")
   assert (g.tiles.channels, g.padded_channels) == (128, 256), g.tiles
   assert (g.tiles.filters, g.padded_filters) == (256, 768), g.tiles
-  tpu = dict(cfg=cfg, target="tpu", interpret=True)
-  pk2 = pk.reshape(-1, 520)
+  _check_form("tpu", cfg, _arrays(7, (5, 6), 200, (3, 3), m, 520))
+
+
+@pytest.mark.parametrize("strides,dilation,m", [((1, 1), (1, 1), 1),
+                                                ((2, 2), (1, 1), 2),
+                                                ((1, 1), (2, 2), 1)])
+def test_gpu_form_with_partial_chunks_blocks_and_groups_matches_float64(
+    strides, dilation, m, monkeypatch):
+  """The Triton form with tiles of 16 positions, chunks of 16 channels
+  and blocks of 16 filters, in 3 groups: C = 40 is 3 chunks (the last
+  masked at 8), F = 36 is 3 blocks (the last masked at 4), the 70 or 18
+  output positions end in a partial tile, and a group has fewer tiles
+  than the others. Against the float64 reference and its VJP."""
+  from sepconv_jax import _pallas_policy
+  small = _pallas_policy.GpuTiles(pixels=16, channels=16, filters=16,
+                                  groups=3, warps=4, stages=1)
+  monkeypatch.setattr(_pallas_policy, "gpu_tiles", lambda *a, **k: small)
+  cfg = _pallas_layout.Config(strides, dilation, ((1, 1), (2, 0)),
+                              (lax.Precision.HIGHEST, lax.Precision.HIGHEST))
+  _check_form("gpu", cfg, _arrays(8, (5, 7), 40, (3, 3), m, 36))
+
+
+def _check_form(target, cfg, arrays):
+  """One form's `_forward_kernels` and `_backward_kernels`, interpreted,
+  with and without a pointwise kernel, against float64."""
+  x, dk, pk, b, db = arrays
+  strides, dilation = cfg.strides, cfg.dilation
+  c, m = dk.shape[-2:]
+  filters = pk.shape[-1]
+  form = dict(cfg=cfg, target=target, interpret=True)
+  pk2 = pk.reshape(-1, filters)
   for has_pk in (True, False):
     bias_ = b if has_pk else db
     operands = [x, dk] + ([pk2] if has_pk else []) + [bias_]
     y = jax.jit(functools.partial(_pallas._forward_kernels, has_pk=has_pk,
-                                  has_b=True, **tpu))(*operands)
+                                  has_b=True, **form))(*operands)
     # The float64 reference; the depthwise step alone is the reference
     # with the identity as its pointwise kernel.
-    pk64 = (pk2 if has_pk else np.eye(200 * m)).reshape(1, 1, -1,
-                                                        520 if has_pk
-                                                        else 200 * m)
-    conv = dict(strides=strides, padding=cfg.pads, dilation=(1, 1))
+    pk64 = (pk2 if has_pk else np.eye(c * m)).reshape(1, 1, -1,
+                                                      filters if has_pk
+                                                      else c * m)
+    conv = dict(strides=strides, padding=cfg.pads, dilation=dilation)
     want = ref_nd.separable(x, dk, pk64, bias_, **conv)
     mag = ref_nd.separable(np.abs(x), np.abs(dk), np.abs(pk64),
                            np.abs(bias_), **conv)
-    bound = tolerances.separable_bound(9, 200 * m, "highest")
+    bound = tolerances.separable_bound(9, c * m, "highest")
     tolerances.assert_within(y, want, mag, bound,
-                             f"tpu forward (pointwise={has_pk})")
+                             f"{target} forward (pointwise={has_pk})")
     ct = np.random.default_rng(4).standard_normal(want.shape).astype(
         np.float32)
     need = (True,) * len(operands)
     grads = jax.jit(functools.partial(
         _pallas._backward_kernels, has_pk=has_pk, has_b=True, need=need,
-        **tpu))(*operands[:2 + has_pk], ct)
-    vjp = dict(strides=strides, padding=cfg.pads, dilation_rate=1)
+        **form))(*operands[:2 + has_pk], ct)
+    vjp = dict(strides=strides, padding=cfg.pads, dilation_rate=dilation)
     wants = ref.separable_conv2d_vjp(x, dk, pk64, ct, **vjp)
     mags = ref.separable_conv2d_vjp(np.abs(x), np.abs(dk), np.abs(pk64),
                                     np.abs(ct), **vjp)
@@ -208,7 +236,7 @@ def test_tpu_form_with_channel_and_filter_tiles_matches_float64(strides, m,
       w, mg = (wants[i][0, 0], mags[i][0, 0]) if i == 2 else (wants[i],
                                                               mags[i])
       tolerances.assert_within(gr, w, mg, grad_bound,
-                               f"tpu gradient {i} (pointwise={has_pk})")
+                               f"{target} gradient {i} (pointwise={has_pk})")
 
 
 def test_policy_fits_every_target_limit():
@@ -219,19 +247,20 @@ def test_policy_fits_every_target_limit():
   from sepconv_jax import _pallas_policy as policy
   for h, w, c, f, s in _CANONICAL:
     for itemsize in (4, 2):
-      for kernel in policy.KERNELS:
-        t = policy.tiles("gpu", out_hw=(-(-h // s), -(-w // s)), channels=c,
-                         filters=f, positions=64 * h * w // s // s,
-                         itemsize=itemsize, kernel=kernel)
-        for size in (t.cols, t.channels, t.filters):
+      for kernel in policy.GPU_KERNELS:
+        t = policy.gpu_tiles(kernel, channels=c, filters=f, multiplier=1,
+                             taps=9, positions=64 * h * w // s // s,
+                             itemsize=itemsize)
+        for size in (t.pixels, t.channels, t.filters):
           assert size >= 16 and size & (size - 1) == 0, t
         assert t.stages in (1, 2) and t.warps in (4, 8), t
+        assert t.stages * (t.pixels * t.channels + t.channels * t.filters
+                           ) * itemsize <= policy.GPU_SHARED_BUDGET, t
         assert policy.GPU_SHARED_BUDGET <= 99 * 1024
-        t = policy.tiles("tpu", out_hw=(-(-h // s), -(-w // s)), channels=c,
-                         filters=f, positions=64 * h * w // s // s,
-                         itemsize=itemsize, kernel=kernel,
-                         halo=(2, 2) if s == 1 else (1, 1),
-                         phases=s * s)
+      for kernel in policy.KERNELS:
+        t = policy.tpu_tiles(kernel, out_hw=(-(-h // s), -(-w // s)),
+                             channels=c, filters=f, itemsize=itemsize,
+                             halo=(2, 2) if s == 1 else (1, 1), phases=s * s)
         assert t.channels == c or t.channels % 128 == 0, (c, t)
         assert t.filters == f or t.filters % 128 == 0, (f, t)
         assert 0 < t.vmem_limit <= 16 * 1024 * 1024, t
@@ -425,7 +454,16 @@ def test_export_calls_the_kernels_at_the_canonical_shapes(shape, dtype,
     # reductions of the kernels' partial sums.
     assert "stablehlo.convolution" not in text, what
     calls = text.count(_KERNEL_CALLS[platform])
-    assert calls == (1 if what == "forward" else 3), (what, calls)
+    # The training step: the forward pass, the input gradient and the
+    # parameter gradients (on GPU two kernels: depthwise and pointwise).
+    backward = {"cuda": 3, "tpu": 2}[platform]
+    assert calls == (1 if what == "forward" else 1 + backward), (what, calls)
+    if platform == "cuda":
+      # No layout pass around the GPU kernels: padding is their masks,
+      # strides their index arithmetic (reshapes are free).
+      for op in ("stablehlo.pad", "stablehlo.transpose", "stablehlo.slice",
+                 "stablehlo.gather"):
+        assert op not in text, (what, op)
 
 
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])

@@ -1,0 +1,488 @@
+"""The TPU (Mosaic) kernels of the "pallas" implementation.
+
+Mosaic loads whole, aligned blocks: it has no masked or gathered loads
+from device memory. So the TPU form reads inputs that XLA lays out around
+it (`_pallas_layout`: padded, split into stride phases, channels padded to
+whole tiles), and writes whole blocks of a padded output that XLA slices.
+Those copies are the layout passes the GPU form (`_pallas_gpu`) does
+without; doing without them here needs manual DMAs of each block's rows
+with the edges zeroed in VMEM, which is not written yet.
+
+* `forward`: for a block of output rows it reads the input block with its
+  halo once, computes the depthwise result for every channel in VMEM,
+  multiplies it by the pointwise kernel on the MXU (float32
+  accumulation), adds the bias and writes ``y``. The depthwise result
+  never goes to device memory. Without a pointwise kernel it writes the
+  depthwise result (plus bias) instead.
+* `input_grad`: the transposed depthwise step: for a block of input rows,
+  ``dx = sum_t sum_m window_t(g_m) * w[t, m]`` over the (zero-dilated,
+  `_pallas_layout.dilated_cotangent`) cotangent of the depthwise result,
+  which `_pallas` computes with one GEMM, ``ct @ pointwise^T``.
+* `param_grads`: for blocks of output pixels it recomputes the depthwise
+  result and sums the pointwise-kernel gradient ``depthwise(x)^T @ ct``,
+  the depthwise-kernel gradient ``sum x_tap * (ct @ pointwise^T)`` and the
+  bias gradient; the pixel blocks are the innermost grid axis and the sums
+  accumulate in the output block.
+
+``interpret=True`` runs them in Pallas's interpreter, on any backend.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from sepconv_jax import _pallas_layout
+
+_F32 = jnp.float32
+Geometry = _pallas_layout.Geometry
+
+
+def _params(g: Geometry, semantics: tuple[str, ...], interpret: bool):
+  if interpret:
+    return None
+  return pltpu.CompilerParams(dimension_semantics=semantics,
+                              vmem_limit_bytes=g.tiles.vmem_limit or None)
+
+
+def _chunks(total: int, size: int, body, init):
+  """``body(offset, carry)`` over the chunks of ``range(total)``: a static
+  offset when there is one chunk (Mosaic proves nothing of a dynamic lane
+  offset that is not a multiple of 128), else a `lax.fori_loop`."""
+  if total == size:
+    return body(0, init)
+  return lax.fori_loop(
+      0, total // size,
+      lambda i, carry: body(pl.multiple_of(i * size, size), carry), init)
+
+
+def _ch(c, g: Geometry):
+  """The element offset of channel block `c`: a static 0 when there is one
+  block (Mosaic proves a block offset only a multiple of its lane tiling)."""
+  if g.padded_channels == g.tiles.channels:
+    return 0
+  return c * g.tiles.channels
+
+
+def _cost(flops: int, *arrays_and_shapes) -> pl.CostEstimate:
+  """XLA's view of a kernel: its flops and the bytes of its operands and
+  results (each read or written once)."""
+  total = 0
+  for a in arrays_and_shapes:
+    size = 1
+    for d in a.shape:
+      size *= d
+    total += size * jnp.dtype(a.dtype).itemsize
+  return pl.CostEstimate(flops=int(flops), transcendentals=0,
+                         bytes_accessed=int(total))
+
+
+def _window(ref, lead, row, col, rows, cols, ch, chans):
+  """A ``(rows * cols, chans)`` window of ``ref[*lead, row:, col:, ch:]``."""
+  if rows == 1:
+    return ref[(*lead, row, pl.ds(col, cols), pl.ds(ch, chans))]
+  block = ref[(*lead, pl.ds(row, rows), pl.ds(col, cols), pl.ds(ch, chans))]
+  return block.reshape(rows * cols, chans)
+
+
+def _depthwise(x_ref, w_ref, ch, w_ch, g: Geometry, chans: int):
+  """The depthwise result of a block, one ``(P, chans)`` float32 per m.
+
+  Reads each tap's window of the (phased) input block once, for all M.
+  """
+  t_ = g.tiles
+  d = [jnp.zeros((t_.rows * t_.cols, chans), _F32)
+       for _ in range(g.multiplier)]
+  for t, (a, b, oi, oj) in enumerate(g.taps):
+    xt = _window(x_ref, (a, b), oi, oj, t_.rows, t_.cols, ch,
+                 chans).astype(_F32)
+    for m in range(g.multiplier):
+      w = w_ref[t, m, pl.ds(w_ch, chans)].astype(_F32)
+      d[m] = d[m] + xt * w[None, :]
+  return d
+
+
+def _dot(a, b, precision, contract=((1,), (0,))):
+  return lax.dot_general(a, b, (contract, ((), ())), precision=precision,
+                         preferred_element_type=_F32)
+
+
+def _x_spec(g: Geometry, index):
+  """The (phased) input block with its halo, at the element offsets that
+  ``index(*program_ids)`` gives as (n, row, col, channel)."""
+  (sh, sw), (eh, ew) = g.cfg.strides, g.halo
+  t_ = g.tiles
+
+  def index_map(*ids):
+    n, row, col, ch = index(*ids)
+    return n, 0, 0, row, col, ch
+
+  return pl.BlockSpec(
+      (None, pl.Element(sh), pl.Element(sw), pl.Element(t_.rows + eh),
+       pl.Element(t_.cols + ew), pl.Element(g.padded_channels)), index_map)
+
+
+# ---------------------------------------------------------------------------
+# Forward.
+
+
+def _forward_kernel(*refs, g: Geometry, depthwise_only: bool,
+                    has_bias: bool, precision, out_dtype):
+  t_ = g.tiles
+  rows, cols = t_.rows, t_.cols
+  x_ref, w_ref, *rest = refs
+  y_ref = rest.pop()
+  b_ref = rest.pop() if has_bias else None
+  if depthwise_only:
+    # The x and weights blocks are the channel block itself.
+    d = _depthwise(x_ref, w_ref, 0, 0, g, t_.channels)
+    for m in range(g.multiplier):
+      if has_bias:
+        d[m] = d[m] + b_ref[m, :].astype(_F32)[None, :]
+      y_ref[pl.ds(m, 1)] = d[m].astype(out_dtype).reshape(1, rows, cols,
+                                                           t_.channels)
+    return
+  (pk_ref,) = rest
+
+  def chunk(ch, acc):
+    d = _depthwise(x_ref, w_ref, ch, ch, g, t_.channels)
+    for m in range(g.multiplier):
+      pk = pk_ref[m, pl.ds(ch, t_.channels), :]
+      acc = acc + _dot(d[m].astype(pk.dtype), pk, precision)
+    return acc
+
+  acc = _chunks(g.padded_channels, t_.channels, chunk,
+                jnp.zeros((rows * cols, t_.filters), _F32))
+  if has_bias:
+    acc = acc + b_ref[0, :].astype(_F32)[None, :]
+  y_ref[...] = acc.astype(out_dtype).reshape(rows, cols, t_.filters)
+
+
+def forward(xs, w, pk, b, g: Geometry, *, interpret: bool,
+            out_dtype) -> jax.Array:
+  """The separable (or, with `pk` None, depthwise) forward pass.
+
+  Args:
+    xs: `_pallas_layout.phased_input`.
+    w: `_pallas_layout.depthwise_weights`.
+    pk: `_pallas_layout.pointwise_weights`, or None.
+    b: `_pallas_layout.bias`, or None.
+    g: the geometry, with the forward kernel's tiles.
+    interpret: run it in Pallas's interpreter (any backend).
+    out_dtype: the output's dtype.
+
+  Returns:
+    ``(N, H'_p, W'_p, F_p)``; for the depthwise step alone
+    ``(N, M, H'_p, W'_p, C_p)``: padded to the tiles.
+  """
+  t_ = g.tiles
+  depthwise_only = pk is None
+  rb_count, cb_count = g.blocks
+  n = g.batch
+  if depthwise_only:
+    last = g.padded_channels // t_.channels
+    x_spec = pl.BlockSpec(
+        _x_spec(g, None).block_shape[:-1] + (pl.Element(t_.channels),),
+        lambda i, tile, c: (i, 0, 0, lax.div(tile, cb_count) * t_.rows,
+                            lax.rem(tile, cb_count) * t_.cols,
+                            _ch(c, g)))
+    specs = [x_spec, pl.BlockSpec((len(g.taps), g.multiplier, t_.channels),
+                                  lambda i, tile, c: (0, 0, c))]
+    if b is not None:
+      specs.append(pl.BlockSpec((g.multiplier, t_.channels),
+                                lambda i, tile, c: (0, c)))
+    out_shape = (n, g.multiplier, *g.padded_out, g.padded_channels)
+    out_spec = pl.BlockSpec(
+        (None, g.multiplier, t_.rows, t_.cols, t_.channels),
+        lambda i, tile, c: (i, 0, lax.div(tile, cb_count),
+                            lax.rem(tile, cb_count), c))
+    operands = [xs, w] + ([b] if b is not None else [])
+  else:
+    last = g.padded_filters // t_.filters
+    specs = [
+        _x_spec(g, lambda i, tile, f: (i, lax.div(tile, cb_count) * t_.rows,
+                                       lax.rem(tile, cb_count) * t_.cols, 0)),
+        pl.BlockSpec((len(g.taps), g.multiplier, g.padded_channels),
+                     lambda i, tile, f: (0, 0, 0)),
+        pl.BlockSpec((g.multiplier, g.padded_channels, t_.filters),
+                     lambda i, tile, f: (0, 0, f)),
+    ]
+    if b is not None:
+      specs.append(pl.BlockSpec((1, t_.filters), lambda i, tile, f: (0, f)))
+    out_shape = (n, *g.padded_out, g.padded_filters)
+    out_spec = pl.BlockSpec(
+        (None, t_.rows, t_.cols, t_.filters),
+        lambda i, tile, f: (i, lax.div(tile, cb_count),
+                            lax.rem(tile, cb_count), f))
+    operands = [xs, w, pk] + ([b] if b is not None else [])
+  kernel = functools.partial(
+      _forward_kernel, g=g, depthwise_only=depthwise_only,
+      has_bias=b is not None, precision=g.cfg.precision,
+      out_dtype=jnp.dtype(out_dtype))
+  out = jax.ShapeDtypeStruct(out_shape, out_dtype)
+  pixels = n * g.out[0] * g.out[1]
+  work = g.channels * g.multiplier
+  flops = 2 * pixels * work * (len(g.taps) + (0 if depthwise_only
+                                                else g.filters))
+  return pl.pallas_call(
+      kernel, out_shape=out,
+      grid=(n, rb_count * cb_count, last), in_specs=specs,
+      out_specs=out_spec, interpret=interpret, name="sepconv_forward",
+      compiler_params=_params(g, ("parallel",) * 3, interpret),
+      cost_estimate=_cost(flops, *operands, out),
+  )(*operands)
+
+
+# ---------------------------------------------------------------------------
+# The input gradient: the transposed depthwise step.
+
+
+def _input_grad_kernel(ct_ref, w_ref, dx_ref, *, g: Geometry, out_dtype):
+  t_ = g.tiles
+  rows, cols = t_.rows, t_.cols
+  (dh, dw), (kh, kw) = g.cfg.dilation, g.kernel
+  acc = jnp.zeros((rows * cols, t_.channels), _F32)
+  for t, (oi, oj) in enumerate((i * dh, j * dw) for i in range(kh)
+                               for j in range(kw)):
+    for m in range(g.multiplier):
+      window = _window(ct_ref, (m,), oi, oj, rows, cols, 0, t_.channels)
+      acc = acc + window.astype(_F32) * w_ref[t, m, :].astype(_F32)[None]
+  dx_ref[...] = acc.astype(out_dtype).reshape(rows, cols, t_.channels)
+
+
+def input_grad(ctq, w, g: Geometry, *, interpret: bool,
+               out_dtype) -> jax.Array:
+  """The input's cotangent from the depthwise result's.
+
+  Args:
+    ctq: `_pallas_layout.dilated_cotangent` of the depthwise result's
+      cotangent, ``(N, M, H_p + e_h, W_p + e_w, C_p)``.
+    w: `_pallas_layout.flipped_depthwise_weights`.
+    g: the geometry, with the input-gradient tiles (``kernel="input_grad"``).
+    interpret, out_dtype: as for `forward`.
+
+  Returns:
+    ``(N, H_p, W_p, C_p)``: padded to the tiles.
+  """
+  t_ = g.tiles
+  rb_count, cb_count = g.input_blocks
+  (kh, kw), (dh, dw) = g.kernel, g.cfg.dilation
+  eh, ew = (kh - 1) * dh, (kw - 1) * dw
+  n = g.batch
+  ct_spec = pl.BlockSpec(
+      (None, pl.Element(g.multiplier), pl.Element(t_.rows + eh),
+       pl.Element(t_.cols + ew), pl.Element(t_.channels)),
+      lambda i, tile, c: (i, 0, lax.div(tile, cb_count) * t_.rows,
+                          lax.rem(tile, cb_count) * t_.cols, _ch(c, g)))
+  w_spec = pl.BlockSpec((kh * kw, g.multiplier, t_.channels),
+                        lambda i, tile, c: (0, 0, c))
+  out_shape = (n, rb_count * t_.rows, cb_count * t_.cols, g.padded_channels)
+  out_spec = pl.BlockSpec(
+      (None, t_.rows, t_.cols, t_.channels),
+      lambda i, tile, c: (i, lax.div(tile, cb_count),
+                          lax.rem(tile, cb_count), c))
+  kernel = functools.partial(_input_grad_kernel, g=g,
+                             out_dtype=jnp.dtype(out_dtype))
+  out = jax.ShapeDtypeStruct(out_shape, out_dtype)
+  flops = 2 * n * g.size[0] * g.size[1] * kh * kw * g.multiplier * g.channels
+  return pl.pallas_call(
+      kernel, out_shape=out,
+      grid=(n, rb_count * cb_count, g.padded_channels // t_.channels),
+      in_specs=[ct_spec, w_spec], out_specs=out_spec, interpret=interpret,
+      name="sepconv_input_grad",
+      compiler_params=_params(g, ("parallel",) * 3, interpret),
+      cost_estimate=_cost(flops, ctq, w, out),
+  )(ctq, w)
+
+
+# ---------------------------------------------------------------------------
+# The parameter gradients.
+
+
+def _block_sums(x_ref, x_lead, w_ref, pk_ref, ct, row, col, ch, f, sums, *,
+                g: Geometry, depthwise_only: bool, precision):
+  """Adds one block of output pixels to the running sums.
+
+  `ct` is the block's cotangent: ``(P, TF)``, or per m ``(P, TC)`` for the
+  depthwise step alone. `sums` is ``(dpk[m], ddk[t][m], db)``.
+  """
+  t_ = g.tiles
+  dpk, ddk, db = sums
+
+  def window(t):
+    a, b, oi, oj = g.taps[t]
+    return _window(x_ref, (*x_lead, a, b), row + oi, col + oj, t_.rows,
+                   t_.cols, ch, t_.channels).astype(_F32)
+
+  # The taps stream: one window is live at a time (each is read twice, for
+  # the depthwise result and for its kernel's gradient), which keeps the
+  # VMEM small.
+  if depthwise_only:
+    gd = [c.astype(_F32) for c in ct]
+    db = [s + jnp.sum(c, axis=0) for s, c in zip(db, gd)]
+  else:
+    db = db + jnp.sum(ct.astype(_F32), axis=0)
+    d = [jnp.zeros((t_.rows * t_.cols, t_.channels), _F32)
+         for _ in range(g.multiplier)]
+    for t in range(len(g.taps)):
+      xt = window(t)
+      for m in range(g.multiplier):
+        w = w_ref[t, m, pl.ds(ch, t_.channels)].astype(_F32)
+        d[m] = d[m] + xt * w[None, :]
+    gd, new_dpk = [], []
+    for m in range(g.multiplier):
+      pk = pk_ref[m, pl.ds(ch, t_.channels), pl.ds(f, t_.filters)]
+      new_dpk.append(dpk[m] + _dot(d[m].astype(ct.dtype), ct, precision,
+                                   ((0,), (0,))))
+      gd.append(_dot(ct, pk, precision, ((1,), (1,))))
+    dpk = new_dpk
+  new_ddk = []
+  for t in range(len(g.taps)):
+    xt = window(t)
+    new_ddk.append([ddk[t][m] + jnp.sum(xt * gd[m], axis=0)
+                    for m in range(g.multiplier)])
+  return dpk, new_ddk, db
+
+
+def _zero_sums(g: Geometry, depthwise_only: bool):
+  t_ = g.tiles
+  vec = lambda size: jnp.zeros((size,), _F32)
+  dpk = [jnp.zeros((t_.channels, t_.filters), _F32)
+         for _ in range(0 if depthwise_only else g.multiplier)]
+  ddk = [[vec(t_.channels) for _ in range(g.multiplier)] for _ in g.taps]
+  db = ([vec(t_.channels) for _ in range(g.multiplier)] if depthwise_only
+        else vec(t_.filters))
+  return dpk, ddk, db
+
+
+def _param_grads_kernel(x_ref, w_ref, *refs, g: Geometry,
+                            depthwise_only: bool, precision):
+  """One pixel block of one channel tile and filter tile; the sums
+  accumulate over the innermost grid axis, the pixel blocks."""
+  t_ = g.tiles
+  if depthwise_only:
+    ct_ref, ddk_ref, db_ref = refs
+    pk_ref = dpk_ref = None
+  else:
+    pk_ref, ct_ref, dpk_ref, ddk_ref, db_ref = refs
+  tile = pl.program_id(2)
+  # The x, weights and pointwise blocks are the channel tile itself.
+  ch = 0
+
+  @pl.when(tile == 0)
+  def _():
+    for ref in (dpk_ref, ddk_ref, db_ref):
+      if ref is not None:
+        ref[...] = jnp.zeros(ref.shape, ref.dtype)
+
+  if depthwise_only:
+    ct = [_window(ct_ref, (m,), 0, 0, t_.rows, t_.cols, 0, t_.channels)
+          for m in range(g.multiplier)]
+  else:
+    ct = _window(ct_ref, (), 0, 0, t_.rows, t_.cols, 0, t_.filters)
+  dpk, ddk, db = _block_sums(
+      x_ref, (), w_ref, pk_ref, ct, 0, 0, ch, 0,
+      _zero_sums(g, depthwise_only), g=g, depthwise_only=depthwise_only,
+      precision=precision)
+  for m in range(g.multiplier):
+    if not depthwise_only:
+      dpk_ref[m] += dpk[m]
+    for t in range(len(g.taps)):
+      ddk_ref[t, pl.ds(m, 1), :] += ddk[t][m][None, :]
+    if depthwise_only:
+      db_ref[pl.ds(m, 1), :] += db[m][None, :]
+  if not depthwise_only:
+    db_ref[...] += db[None, :]
+
+
+def param_grads(xs, w, pk, ctp, g: Geometry, *, interpret: bool):
+  """Partial sums of the kernels' and the bias's cotangents.
+
+  Args:
+    xs: `_pallas_layout.phased_input`.
+    w: `_pallas_layout.depthwise_weights`.
+    pk: `_pallas_layout.pointwise_weights`, or None (depthwise step alone).
+    ctp: `_pallas_layout.output_cotangent`.
+    g: the geometry, with the parameter-gradient tiles.
+    interpret: as for `forward`.
+
+  Returns:
+    ``(dpk, ddk, db)`` float32 sums, to be summed over their leading axes:
+    ``dpk`` ``(1, M, C_p, F_p)`` (None for the depthwise step alone),
+    ``ddk`` ``(1, filter blocks, taps, M, C_p)``, ``db`` ``(1, channel
+    blocks, F_p)`` (every channel block holds the same sum), or ``(1, M,
+    C_p)`` for the depthwise step alone.
+  """
+  t_ = g.tiles
+  depthwise_only = pk is None
+  cblocks = g.padded_channels // t_.channels
+  fblocks = 1 if depthwise_only else g.padded_filters // t_.filters
+  taps, m = len(g.taps), g.multiplier
+  rb_count, cb_count = g.blocks
+  total = g.batch * rb_count * cb_count
+
+  def block(tile):
+    n = lax.div(tile, rb_count * cb_count)
+    rest = lax.rem(tile, rb_count * cb_count)
+    return n, lax.div(rest, cb_count), lax.rem(rest, cb_count)
+
+  def x_index(c, f, tile):
+    n, rb, cb = block(tile)
+    return n, 0, 0, rb * t_.rows, cb * t_.cols, _ch(c, g)
+
+  # The channel block selects the x and weights blocks.
+  specs = [pl.BlockSpec(
+      _x_spec(g, None).block_shape[:-1] + (pl.Element(t_.channels),),
+      x_index),
+           pl.BlockSpec((taps, m, t_.channels), lambda c, f, tile: (0, 0, c))]
+  if not depthwise_only:
+    specs.append(pl.BlockSpec((m, t_.channels, t_.filters),
+                              lambda c, f, tile: (0, c, f)))
+    specs.append(pl.BlockSpec((None, t_.rows, t_.cols, t_.filters),
+                              lambda c, f, tile: (*block(tile), f)))
+  else:
+    specs.append(pl.BlockSpec((None, m, t_.rows, t_.cols, t_.channels),
+                              lambda c, f, tile: (block(tile)[0], 0,
+                                                  *block(tile)[1:], c)))
+  shapes = [] if depthwise_only else [(1, m, g.padded_channels,
+                                       g.padded_filters)]
+  out_specs = [] if depthwise_only else [pl.BlockSpec(
+      (None, m, t_.channels, t_.filters), lambda c, f, tile: (0, 0, c, f))]
+  shapes.append((1, fblocks, taps, m, g.padded_channels))
+  out_specs.append(pl.BlockSpec((None, None, taps, m, t_.channels),
+                                lambda c, f, tile: (0, f, 0, 0, c)))
+  if depthwise_only:
+    shapes.append((1, m, g.padded_channels))
+    out_specs.append(pl.BlockSpec((None, m, t_.channels),
+                                  lambda c, f, tile: (0, 0, c)))
+  else:
+    shapes.append((1, cblocks, 1, g.padded_filters))
+    out_specs.append(pl.BlockSpec((None, None, 1, t_.filters),
+                                  lambda c, f, tile: (0, c, 0, f)))
+  operands = [xs, w] + ([] if depthwise_only else [pk]) + [ctp]
+  out_shapes = [jax.ShapeDtypeStruct(s, _F32) for s in shapes]
+  # The depthwise result recomputed and each tap's product with the
+  # cotangent (2 x taps), and the two pointwise dots (dpk, g).
+  work = g.channels * g.multiplier
+  flops = 2 * g.batch * g.out[0] * g.out[1] * work * (
+      2 * taps + (0 if depthwise_only else 2 * g.filters))
+  outs = pl.pallas_call(
+      functools.partial(_param_grads_kernel, g=g,
+                        depthwise_only=depthwise_only,
+                        precision=g.cfg.precision),
+      out_shape=out_shapes, grid=(cblocks, fblocks, total), in_specs=specs,
+      out_specs=out_specs, interpret=interpret, name="sepconv_param_grads",
+      compiler_params=_params(g, ("parallel", "parallel", "arbitrary"),
+                              interpret),
+      cost_estimate=_cost(flops, *operands, *out_shapes),
+  )(*operands)
+  if depthwise_only:
+    ddk, db = outs
+    return None, ddk, db
+  dpk, ddk, db = outs
+  return dpk, ddk, db[:, :, 0]
