@@ -118,6 +118,11 @@ def _forward_kernels(x, dk, *rest, cfg, has_pk, has_b, target, interpret):
     g = _pallas_gpu.geometry(x.shape, dk.shape, filters, cfg, "forward",
                              itemsize)
     return _pallas_gpu.forward(x, dk, pk, b, g, interpret=interpret)
+  direct = (_pallas_tpu.direct(x.shape, dk.shape, filters, cfg, itemsize)
+            if has_pk else None)
+  if direct is not None:
+    return _pallas_tpu.forward_direct(x, dk, pk, b, direct,
+                                      interpret=interpret)
   g = layout.geometry(x.shape, dk.shape, filters, cfg, itemsize=itemsize)
   y = _pallas_tpu.forward(
       layout.phased_input(x, g), layout.depthwise_weights(dk, g),

@@ -216,6 +216,59 @@ def _tpu(kernel: str, *, height: int, width: int, channels: int,
                vmem_limit=TPU_VMEM_LIMIT)
 
 
+class DirectTiles(NamedTuple):
+  """The blocks of the TPU's direct forward kernel."""
+
+  rows: int      # output rows per block
+  filters: int   # filters per block
+
+
+def direct_tiles(*, height: int, width: int, padded_width: int,
+                 out_hw: tuple[int, int], channels: int, filters: int,
+                 itemsize: int, taps: int, row_step: int, row_extent: int,
+                 strided: bool) -> Optional[DirectTiles]:
+  """The blocks of `_pallas_tpu.forward_direct`, or None where its VMEM
+  (estimated) exceeds `TPU_VMEM_BUDGET` even with one output row per
+  block and the smallest filter block: then the layout form serves.
+
+  Args:
+    height, width: the input's H and W.
+    padded_width: a row's width with its zero columns.
+    out_hw: the output's H' and W'.
+    channels, filters: C and F.
+    itemsize: bytes per element of the compute dtype.
+    taps: kh * kw.
+    row_step, row_extent: the stride along H and ``(kh - 1) * d_h``.
+    strided: a stride along W (the padded rows are then float32: Mosaic's
+      strided loads take 32-bit values only).
+  """
+  ho, wo = out_hw
+  f32 = 4
+  # Filters whole (one block, the depthwise result used once), else the
+  # largest multiple of 128 lanes that divides F.
+  choices = [filters] + [k for k in range(filters - filters % 128, 127, -128)
+                         if k < filters and filters % k == 0]
+
+  def vmem(rows: int, tf: int) -> int:
+    rows_in = min(height, (rows - 1) * row_step + row_extent + 1)
+    scratch = (rows_in * width * channels * itemsize
+               + rows_in * padded_width * channels * (f32 if strided
+                                                      else itemsize)
+               + rows * wo * channels * itemsize)
+    blocks = 2 * (taps * channels + channels * tf + tf
+                  + rows * wo * tf) * itemsize
+    live = wo * (2 * channels + tf) * f32
+    return scratch + blocks + live
+
+  # About 512 output pixels per block (the MXU's preferred height).
+  most = max(1, min(ho, 512 // max(1, wo)))
+  for tf in choices:
+    for rows in range(most, 0, -1):
+      if vmem(rows, tf) <= TPU_VMEM_BUDGET:
+        return DirectTiles(rows=rows, filters=tf)
+  return None
+
+
 def tpu_tiles(kernel: str, *, out_hw: tuple[int, int], channels: int,
               filters: int, itemsize: int = 4, taps: int = 9,
               multiplier: int = 1, halo: tuple[int, int] = (2, 2),

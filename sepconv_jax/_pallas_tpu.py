@@ -30,6 +30,7 @@ with the edges zeroed in VMEM, which is not written yet.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +39,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from sepconv_jax import _pallas_layout
+from sepconv_jax import _pallas_policy
 
 _F32 = jnp.float32
 Geometry = _pallas_layout.Geometry
@@ -234,6 +236,168 @@ def forward(xs, w, pk, b, g: Geometry, *, interpret: bool,
       grid=(n, rb_count * cb_count, last), in_specs=specs,
       out_specs=out_spec, interpret=interpret, name="sepconv_forward",
       compiler_params=_params(g, ("parallel",) * 3, interpret),
+      cost_estimate=_cost(flops, *operands, out),
+  )(*operands)
+
+
+# ---------------------------------------------------------------------------
+# Forward, reading x where it lies.
+
+
+class Direct(NamedTuple):
+  """The static sizes of `forward_direct`."""
+
+  batch: int
+  size: tuple[int, int]         # H, W
+  channels: int                 # C
+  filters: int                  # F
+  kernel: tuple[int, int]       # kh, kw
+  out: tuple[int, int]          # H', W'
+  cfg: object                   # _pallas_layout.Config
+  tiles: _pallas_policy.DirectTiles
+
+  @property
+  def rows_in(self) -> int:
+    """Input rows a block of `tiles.rows` output rows reads (at most H)."""
+    (sh, _), (dh, _) = self.cfg.strides, self.cfg.dilation
+    return min(self.size[0], (self.tiles.rows - 1) * sh
+               + (self.kernel[0] - 1) * dh + 1)
+
+  @property
+  def padded_width(self) -> int:
+    """The width of a row with its zero columns on both sides."""
+    (_, sw), (_, dw) = self.cfg.strides, self.cfg.dilation
+    (_, (pl_, _)) = self.cfg.pads
+    return max(pl_ + self.size[1],
+               (self.out[1] - 1) * sw + (self.kernel[1] - 1) * dw + 1)
+
+
+def direct(x_shape, dk_shape, filters: int, cfg,
+           itemsize: int) -> Optional[Direct]:
+  """The `Direct` sizes of a call, or None where `forward_direct` does not
+  serve it (see `_pallas_policy.direct_tiles`)."""
+  n, h, w, c = x_shape
+  kh, kw, _, m = dk_shape
+  if m != 1:
+    return None
+  out = tuple(
+      (size + lo + hi - (k - 1) * d - 1) // s + 1
+      for size, (lo, hi), k, s, d in zip((h, w), cfg.pads, (kh, kw),
+                                         cfg.strides, cfg.dilation))
+  (sh, sw), (dh, dw) = cfg.strides, cfg.dilation
+  (_, (pl_, _)) = cfg.pads
+  width = max(pl_ + w, (out[1] - 1) * sw + (kw - 1) * dw + 1)
+  tiles = _pallas_policy.direct_tiles(
+      height=h, width=w, padded_width=width, out_hw=out, channels=c,
+      filters=filters, itemsize=itemsize, taps=kh * kw,
+      row_step=sh, row_extent=(kh - 1) * dh, strided=sw > 1)
+  if tiles is None:
+    return None
+  return Direct(n, (h, w), c, filters, (kh, kw), out, cfg, tiles)
+
+
+def _forward_direct_kernel(x_hbm, dk_ref, pk_ref, *refs, g: Direct,
+                           has_bias: bool, precision):
+  """One block of output rows, one block of filters. At the first filter
+  block it copies the block's input rows from device memory (a DMA),
+  zero-pads their columns in VMEM and computes the depthwise result into
+  VMEM; every filter block multiplies it by its pointwise block."""
+  t_ = g.tiles
+  b_ref = refs[0] if has_bias else None
+  y_ref, rows_ref, padded_ref, d_ref, sem = refs[1 if has_bias else 0:]
+  n, rb, fb = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+  (h, w), (kh, kw), (_, wo) = g.size, g.kernel, g.out
+  (sh, sw), (dh, dw) = g.cfg.strides, g.cfg.dilation
+  ((pt, _), (pl_, _)) = g.cfg.pads
+  rows_in = g.rows_in
+
+  @pl.when(fb == 0)
+  def _():
+    # The input rows this block reads, clamped into the image: rows
+    # outside it are masked below.
+    first = rb * t_.rows * sh - pt
+    start = jnp.clip(first, 0, h - rows_in)
+    copy = pltpu.make_async_copy(x_hbm.at[n, pl.ds(start, rows_in)],
+                                 rows_ref, sem)
+    copy.start()
+    copy.wait()
+    padded_ref[...] = jnp.zeros(padded_ref.shape, padded_ref.dtype)
+    padded_ref[:, pl.ds(pl_, w), :] = rows_ref[...].astype(padded_ref.dtype)
+
+    @pl.loop(0, t_.rows)
+    def _(r):
+      acc = jnp.zeros((wo, g.channels), _F32)
+      for i in range(kh):
+        row = (rb * t_.rows + r) * sh + i * dh - pt
+        inside = (row >= 0) & (row < h)
+        local = jnp.clip(row - start, 0, rows_in - 1)
+        for j in range(kw):
+          cols = pl.ds(j * dw, wo) if sw == 1 else pl.ds(j * dw, wo,
+                                                         stride=sw)
+          window = padded_ref[local, cols, :].astype(_F32)
+          weight = dk_ref[i * kw + j, :].astype(_F32)
+          acc = acc + jnp.where(inside, window, 0.0) * weight[None, :]
+      d_ref[r] = acc.astype(d_ref.dtype)
+
+  @pl.loop(0, t_.rows)
+  def _(r):
+    y = _dot(d_ref[r], pk_ref[...], precision)
+    if has_bias:
+      y = y + b_ref[...].astype(_F32)
+    y_ref[r] = y.astype(y_ref.dtype)
+
+
+def forward_direct(x, dk, pk, b, g: Direct, *, interpret: bool) -> jax.Array:
+  """The separable forward pass, reading ``x`` as it is.
+
+  No layout pass: each block of output rows copies its input rows from
+  device memory itself, and the padding is zero columns in VMEM and masked
+  rows; strides are strided loads from VMEM.
+
+  Args:
+    x: ``(N, H, W, C)``.
+    dk: ``(kh, kw, C, 1)``.
+    pk: ``(C, F)``.
+    b: ``(F,)`` or None.
+    g: `direct`'s sizes.
+    interpret: run it in Pallas's interpreter (any backend).
+
+  Returns:
+    ``(N, H', W', F)``.
+  """
+  t_ = g.tiles
+  (kh, kw), (ho, wo), c, f = g.kernel, g.out, g.channels, g.filters
+  operands = [x, dk.reshape(kh * kw, c), pk]
+  specs = [pl.BlockSpec(memory_space=pl.ANY),
+           pl.BlockSpec((kh * kw, c), lambda n, r, fb: (0, 0)),
+           pl.BlockSpec((c, t_.filters), lambda n, r, fb: (0, fb))]
+  if b is not None:
+    operands.append(b.reshape(1, f))
+    specs.append(pl.BlockSpec((1, t_.filters), lambda n, r, fb: (0, fb)))
+  strided = g.cfg.strides[1] > 1
+  # Mosaic's strided loads take 32-bit values only.
+  padded_dtype = _F32 if strided else x.dtype
+  out = jax.ShapeDtypeStruct((g.batch, ho, wo, f), x.dtype)
+  flops = 2 * g.batch * ho * wo * c * (kh * kw + f)
+  return pl.pallas_call(
+      functools.partial(_forward_direct_kernel, g=g, has_bias=b is not None,
+                        precision=g.cfg.precision),
+      out_shape=out,
+      grid_spec=pltpu.PrefetchScalarGridSpec(
+          num_scalar_prefetch=0,
+          grid=(g.batch, -(-ho // t_.rows), -(-f // t_.filters)),
+          in_specs=specs,
+          out_specs=pl.BlockSpec((None, t_.rows, wo, t_.filters),
+                                 lambda n, r, fb: (n, r, 0, fb)),
+          scratch_shapes=[
+              pltpu.VMEM((g.rows_in, g.size[1], c), x.dtype),
+              pltpu.VMEM((g.rows_in, g.padded_width, c), padded_dtype),
+              pltpu.VMEM((t_.rows, wo, c), x.dtype),
+              pltpu.SemaphoreType.DMA]),
+      interpret=interpret, name="sepconv_forward",
+      compiler_params=None if interpret else pltpu.CompilerParams(
+          dimension_semantics=("parallel", "parallel", "arbitrary"),
+          vmem_limit_bytes=_pallas_policy.TPU_VMEM_LIMIT),
       cost_estimate=_cost(flops, *operands, out),
   )(*operands)
 

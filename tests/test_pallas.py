@@ -264,6 +264,16 @@ def test_policy_fits_every_target_limit():
         assert t.channels == c or t.channels % 128 == 0, (c, t)
         assert t.filters == f or t.filters % 128 == 0, (f, t)
         assert 0 < t.vmem_limit <= 16 * 1024 * 1024, t
+      # The TPU's layout-free forward kernel serves every canonical shape,
+      # its filter blocks whole or multiples of 128 lanes dividing F.
+      ho, wo = -(-h // s), -(-w // s)
+      d = policy.direct_tiles(
+          height=h, width=w, padded_width=max(w + 1, (wo - 1) * s + 3),
+          out_hw=(ho, wo), channels=c, filters=f, itemsize=itemsize,
+          taps=9, row_step=s, row_extent=2, strided=s > 1)
+      assert d is not None and 1 <= d.rows <= ho, (h, w, c, f, d)
+      assert d.filters == f or (d.filters % 128 == 0
+                                and f % d.filters == 0), d
 
 
 def test_reverse_mode_runs_the_kernels_and_forward_mode_runs_lax():
@@ -513,3 +523,51 @@ def test_three_dimensional_layers_refuse_pallas_at_construction():
                    2, 4, 3, implementation="pallas", rngs=nnx.Rngs(0))):
     with pytest.raises(ValueError, match="supports 1-D and 2-D"):
       make()
+
+
+_DIRECT = [  # (x shape, kernel, strides, dilation, pads, F, tiles or None)
+    ((2, 8, 9, 24), (3, 3), (2, 2), (1, 1), ((0, 1), (1, 1)), 16, None),
+    ((2, 9, 11, 8), (3, 3), (1, 1), (2, 2), ((2, 2), (2, 2)), 8, None),
+    ((2, 1, 13, 8), (1, 3), (1, 1), (1, 1), ((0, 0), (1, 1)), 8, None),
+    ((2, 3, 5, 8), (3, 3), (1, 2), (1, 1), ((1, 1), (1, 1)), 8, None),
+    ((1, 7, 6, 40), (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)), 256, (3, 128)),
+]
+
+
+@pytest.mark.parametrize("shape,window,strides,dilation,pads,f,tiles",
+                         _DIRECT)
+def test_tpu_direct_forward_matches_float64(shape, window, strides, dilation,
+                                            pads, f, tiles, monkeypatch):
+  """The TPU's layout-free forward kernel (`_pallas_tpu.forward_direct`),
+  interpreted: strided loads (stride 2, and along W alone), dilation with
+  odd sizes, a height-1 image (1-D), an image lower than the rows a block
+  reads (its DMA clamped to the image), and blocks of 3 rows over 7 (the
+  last partial) with 2 filter blocks. Against the float64 reference,
+  within the float32 bound of its sums."""
+  from sepconv_jax import _pallas_policy
+  from sepconv_jax import _pallas_tpu
+  if tiles is not None:
+    monkeypatch.setattr(_pallas_policy, "direct_tiles", lambda **_: (
+        _pallas_policy.DirectTiles(*tiles)))
+  ran = []
+  original = _pallas_tpu.forward_direct
+  monkeypatch.setattr(_pallas_tpu, "forward_direct",
+                      lambda *a, **k: ran.append(1) or original(*a, **k))
+  rng = np.random.default_rng(11)
+  c = shape[-1]
+  x = rng.standard_normal(shape).astype(np.float32)
+  dk = (rng.standard_normal((*window, c, 1)) / 3).astype(np.float32)
+  pk = (rng.standard_normal((c, f)) / np.sqrt(c)).astype(np.float32)
+  b = rng.standard_normal(f).astype(np.float32)
+  cfg = _pallas_layout.Config(strides, dilation, pads,
+                              (lax.Precision.HIGHEST, lax.Precision.HIGHEST))
+  y = jax.jit(functools.partial(_pallas._forward_kernels, cfg=cfg,
+                                has_pk=True, has_b=True, target="tpu",
+                                interpret=True))(x, dk, pk, b)
+  assert ran, "the direct kernel did not run"
+  conv = dict(strides=strides, padding=pads, dilation=dilation)
+  want = ref_nd.separable(x, dk, pk.reshape(1, 1, c, f), b, **conv)
+  mag = ref_nd.separable(np.abs(x), np.abs(dk), np.abs(pk).reshape(1, 1, c, f),
+                         np.abs(b), **conv)
+  bound = tolerances.separable_bound(window[0] * window[1], c, "highest")
+  tolerances.assert_within(y, want, mag, bound, "tpu direct forward")
