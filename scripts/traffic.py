@@ -23,6 +23,7 @@ training step allocates are ``g`` and the partial sums (`temporaries`).
 Usage:
   python scripts/traffic.py            # prints the table (markdown)
   python scripts/traffic.py --write    # into docs/performance.md
+  python scripts/traffic.py --check    # exit 1 if the docs' copy is stale
 """
 
 from __future__ import annotations
@@ -181,17 +182,26 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--write", action="store_true",
                       help=f"replace the model in {os.path.relpath(DOC, _ROOT)}")
+  parser.add_argument("--check", action="store_true",
+                      help="exit 1 if the docs' model differs from this one")
   args = parser.parse_args(argv)
   text = table()
-  if not args.write:
+  if not (args.write or args.check):
     print(text)
     return 0
   with open(DOC) as f:
     doc = f.read()
-  if BEGIN in doc:
-    doc = doc[:doc.index(BEGIN)] + text + doc[doc.index(END) + len(END):]
-  else:
-    raise SystemExit(f"{DOC} has no {BEGIN!r} marker")
+  if BEGIN not in doc or END not in doc:
+    raise SystemExit(f"{DOC} has no {BEGIN!r} ... {END!r} section")
+  old = doc[doc.index(BEGIN):doc.index(END) + len(END)]
+  if args.check:
+    if old != text:
+      print(f"{os.path.relpath(DOC, _ROOT)}: the traffic model is stale;"
+            f" run python scripts/traffic.py --write")
+      return 1
+    print("traffic model: docs up to date")
+    return 0
+  doc = doc.replace(old, text)
   with open(DOC, "w") as f:
     f.write(doc)
   return 0

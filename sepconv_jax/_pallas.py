@@ -137,8 +137,9 @@ def _forward_kernels(x, dk, *rest, cfg, has_pk, has_b, target, interpret):
 
 
 def _depthwise_cotangent(ct, pk, cfg):
-  """``g = ct @ pk^T``, the cotangent of the depthwise result: the
-  backward pass's one pointwise GEMM (XLA's), in the cotangent's dtype."""
+  """``g = ct @ pk^T``, the cotangent of the depthwise result, by XLA's GEMM
+  (the TPU form's one pointwise GEMM of the backward pass), in the
+  cotangent's dtype."""
   g = lax.dot_general(ct, pk, (((ct.ndim - 1,), (1,)), ((), ())),
                       precision=cfg.precision,
                       preferred_element_type=jnp.float32)
@@ -157,12 +158,14 @@ def _backward_kernels(x, dk, *rest, cfg, has_pk, has_b, need, target,
   kh, kw, _, m = dk.shape
   filters = pk.shape[-1] if has_pk else None
   itemsize = x.dtype.itemsize
-  # The depthwise result's cotangent: what the input and the depthwise
-  # kernel's gradients read.
-  gd = _depthwise_cotangent(ct, pk, cfg) if has_pk else ct
   if target == "gpu":
     geo = functools.partial(_pallas_gpu.geometry, x.shape, dk.shape, filters,
                             cfg, itemsize=itemsize)
+    # The depthwise result's cotangent: what the input and the depthwise
+    # kernel's gradients read.
+    gd = (_pallas_gpu.depthwise_cotangent(ct, pk, geo("cotangent"),
+                                          interpret=interpret)
+          if has_pk else ct)
     out = []
     if need_x:
       out.append(_pallas_gpu.input_grad(gd, dk, geo("input_grad"),
@@ -181,6 +184,7 @@ def _backward_kernels(x, dk, *rest, cfg, has_pk, has_b, need, target,
     return out
   out = []
   if need_x:
+    gd = _depthwise_cotangent(ct, pk, cfg) if has_pk else ct
     g = layout.geometry(x.shape, dk.shape, None, cfg, kernel="input_grad",
                         itemsize=itemsize)
     dx = _pallas_tpu.input_grad(layout.dilated_cotangent(gd, g, True),

@@ -21,10 +21,11 @@ are index arithmetic; "same" padding is the mask.
   tensor cores (float32 accumulation), plus the bias. The filter block is
   the fastest grid axis, so the programs that share a tile of ``x`` run
   together. Without a pointwise kernel it writes the depthwise result.
-* `input_grad`: the transposed depthwise convolution of ``g``, the
-  cotangent of the depthwise result (the output cotangent times the
-  pointwise kernel's transpose, one XLA GEMM in `_pallas`; the output
-  cotangent itself for the depthwise step alone). Memory-bound: it reads
+* `depthwise_cotangent`: ``g = ct @ pointwise^T``, the cotangent of the
+  depthwise result, once per tile of positions (the backward pass's one
+  pointwise GEMM; for the depthwise step alone ``g`` is the output
+  cotangent itself).
+* `input_grad`: the transposed depthwise convolution of ``g``. Memory-bound: it reads
   ``g`` and writes ``dx``, one input position per row of the tile.
 * `param_grads`: partial sums, one per group of tiles, that XLA adds up:
   the depthwise kernel's gradient ``sum x_tap * g`` (one tap's window live
@@ -303,6 +304,63 @@ def forward(x, dk, pk, b, g: Geometry, *, interpret: bool) -> jax.Array:
       cost_estimate=_cost(flops, *operands, out),
   )(*operands)
   return y.reshape(g.batch, *g.out, -1)
+
+
+# ---------------------------------------------------------------------------
+# The backward GEMM: g = ct @ pointwise^T, once per tile.
+
+
+def _cotangent_kernel(ct_ref, pk_ref, g_ref, *, g: Geometry, out_dtype):
+  t_ = g.tiles
+  cb, tile = pl.program_id(0), pl.program_id(1)
+  c0, first = cb * t_.channels, tile * t_.pixels
+  rows_ok = first + _iota(t_.pixels) < g.out_positions
+  cm = g.channels * g.multiplier
+  cols_ok = c0 + _iota(t_.channels) < cm
+  size = t_.filters
+
+  def chunk(k, acc):
+    f0 = pl.multiple_of(k * size, size)
+    f_ok = f0 + _iota(size) < g.filters
+    ct = plgpu.load(ct_ref.at[pl.ds(first, t_.pixels), pl.ds(f0, size)],
+                    mask=rows_ok[:, None] & f_ok[None, :], other=0)
+    pk = plgpu.load(pk_ref.at[pl.ds(c0, t_.channels), pl.ds(f0, size)],
+                    mask=cols_ok[:, None] & f_ok[None, :], other=0)
+    return acc + _dot(ct, pk, g.precision, ((1,), (1,)))
+
+  acc = lax.fori_loop(0, _cdiv(g.filters, size), chunk,
+                      jnp.zeros((t_.pixels, t_.channels), _F32))
+  plgpu.store(g_ref.at[pl.ds(first, t_.pixels), pl.ds(c0, t_.channels)],
+              acc.astype(out_dtype), mask=rows_ok[:, None] & cols_ok[None, :])
+
+
+def depthwise_cotangent(ct, pk, g: Geometry, *, interpret: bool) -> jax.Array:
+  """``g = ct @ pk^T``, the depthwise result's cotangent, in ``ct``'s dtype
+  (float32 accumulation).
+
+  Args:
+    ct: ``(N, H', W', F)``: the output cotangent.
+    pk: ``(C * M, F)``.
+    g: the geometry, with the GEMM's tiles (``"cotangent"``).
+    interpret: as for `forward`.
+
+  Returns:
+    ``(N, H', W', C * M)``.
+  """
+  t_ = g.tiles
+  cm = g.channels * g.multiplier
+  ct2 = ct.reshape(g.out_positions, g.filters)
+  out = jax.ShapeDtypeStruct((g.out_positions, cm), ct.dtype)
+  gd = pl.pallas_call(
+      functools.partial(_cotangent_kernel, g=g, out_dtype=jnp.dtype(ct.dtype)),
+      out_shape=out,
+      grid=(_cdiv(cm, t_.channels), _cdiv(g.out_positions, t_.pixels)),
+      in_specs=[_whole(ct2), _whole(pk)], out_specs=_whole(out),
+      interpret=interpret, name="sepconv_depthwise_cotangent",
+      compiler_params=_params(g, interpret),
+      cost_estimate=_cost(2 * g.out_positions * cm * g.filters, ct2, pk, out),
+  )(ct2, pk)
+  return gd.reshape(g.batch, *g.out, cm)
 
 
 # ---------------------------------------------------------------------------

@@ -75,7 +75,8 @@ class GpuTiles(NamedTuple):
   stages: int     # Triton pipeline stages
 
 
-GPU_KERNELS = ("forward", "input_grad", "param_grads", "pointwise_grads")
+GPU_KERNELS = ("forward", "cotangent", "input_grad", "param_grads",
+               "pointwise_grads")
 
 
 def gpu_tiles(kernel: str, *, channels: int, filters: Optional[int],
@@ -84,8 +85,9 @@ def gpu_tiles(kernel: str, *, channels: int, filters: Optional[int],
   """The tiles of a GPU kernel (`_pallas_gpu`).
 
   Args:
-    kernel: "forward", "input_grad" (the transposed depthwise step),
-      "param_grads" (the depthwise kernel's gradient) or "pointwise_grads".
+    kernel: "forward", "cotangent" (``ct @ pointwise^T``), "input_grad"
+      (the transposed depthwise step), "param_grads" (the depthwise
+      kernel's gradient) or "pointwise_grads".
     channels: C.
     filters: F, or None for the depthwise step alone.
     multiplier: M.
@@ -111,16 +113,32 @@ def gpu_tiles(kernel: str, *, channels: int, filters: Optional[int],
     # Chunks of 32 channels: each tap's gathered load is a (pixels,
     # chunk) tensor of 64-bit pointers in registers (64 bfloat16 channels
     # spilled up to 812 bytes on L4).
-    chans = _pow2_at_least(channels, 16, 32)
-    filts = _pow2_at_least(filters, 16, 64 if exact else 128)
+    # Beyond 9 taps x M (7x7, or multipliers: one depthwise result and
+    # one pointwise block per m live) chunks of 16 and blocks of 64
+    # (M = 3 spilled 13 KB with 32 x 128 on L4).
+    small = taps * multiplier > 9
+    chans = _pow2_at_least(channels, 16, 16 if small else 32)
+    filts = _pow2_at_least(filters, 16, 64 if exact or multiplier > 1
+                           else 128)
     # 8 warps: the gathers' pointers and the accumulator share the
     # registers (4 spilled up to 636 bytes on L4 in bfloat16).
     warps = 8
+  elif kernel == "cotangent":
+    # A GEMM: blocks of 64 of the C * M outputs, chunks of 32 filters
+    # (the contraction; 16 for exact float32 dots).
+    chans = _pow2_at_least(channels * multiplier, 16, 64)
+    filts = _pow2_at_least(filters, 16, 16 if exact else 32)
+    warps = 4
   elif kernel == "pointwise_grads":
     # ``depthwise(x)^T @ ct``: a (channels, filters) float32 sum per m.
     chans = _pow2_at_least(channels, 16, 32)
     filts = _pow2_at_least(filters, 16, 32 if exact or multiplier > 1
                            else 64)
+    if taps * multiplier > 9:
+      # Beyond 9 taps x M the unrolled recomputation of the depthwise
+      # result holds more: tiles of 32 positions, 16 channels (7x7 with
+      # 64 x 32 spilled 6-13 KB on L4 and H100).
+      pixels, chans = 32, 16
     # With 4 warps, bfloat16 spilled ~800 bytes (H100, L4).
     warps = 8
   else:
@@ -131,8 +149,9 @@ def gpu_tiles(kernel: str, *, channels: int, filters: Optional[int],
     chans = _pow2_at_least(channels, 16, wide)
     filts = 16
     warps = 4
-  # Operands of one dot staged through shared memory, `stages` copies.
-  per_stage = (pixels * chans + chans * filts) * itemsize
+  # Operands of the dots staged through shared memory (one pointwise
+  # block per m), `stages` copies.
+  per_stage = (pixels * chans + multiplier * chans * filts) * itemsize
   stages = 2 if 2 * per_stage <= GPU_SHARED_BUDGET and taps <= 9 else 1
 
   groups = 1
