@@ -11,8 +11,7 @@ at the canonical shapes (batch 64, 3x3 "same"), with the tiles the policy
 * the minimum: every array the kernel must read or write, once;
 * the flops of its `pl.CostEstimate`.
 
-The backward pass's GEMM (``g = ct @ pointwise^T``, XLA's) is counted as a
-kernel too. The programs' footprints are computed from the kernels' own
+The backward pass's GEMM (``g = ct @ pointwise^T``) is a kernel too. The programs' footprints are computed from the kernels' own
 index arithmetic (`footprint`), position by position, not estimated.
 
 The model is checked against the compiler: the arrays of the minimum are
@@ -104,9 +103,12 @@ def kernels(shape: Shape, itemsize: int) -> list[Kernel]:
       "forward", fblocks * fx + programs * fblocks * (dk + c * m * t.filters
                                                       * itemsize) + y,
       x + dk + pk + y, 2 * out_pos * c * m * (taps + f)))
-  # The backward GEMM (XLA): g = ct @ pk^T.
-  out.append(Kernel("backward GEMM (XLA)", y + pk + gd, y + pk + gd,
-                    2 * out_pos * c * m * f))
+  # The backward GEMM, g = ct @ pk^T: per (output-channel block, tile) the
+  # tile's cotangent and the block's rows of the pointwise kernel.
+  t = tiles("cotangent", out_pos)
+  cblocks, programs = _cdiv(c * m, t.channels), _cdiv(out_pos, t.pixels)
+  out.append(Kernel("backward GEMM", cblocks * y + programs * cblocks * (
+      t.channels * f * itemsize) + gd, y + pk + gd, 2 * out_pos * c * m * f))
   # Input gradient: per (channel block, input tile): the g positions the
   # tile's taps read (at most taps per position; for stride 1 the same
   # footprint as the forward pass's), the weights, dx.

@@ -9,7 +9,9 @@ Its derivatives are two more primitives:
 * `_linear_p`, the linear map of the tangents (x, kernels, bias) to the
   output's tangent. Its transpose, which reverse mode calls once with the
   output cotangent, is `_backward_p`: every needed cotangent at once, from
-  the `input_grad` and `param_grads` kernels. Evaluated forward (`jax.jvp`)
+  the pointwise GEMM done once (``g = ct @ pointwise^T``: a kernel on GPU,
+  XLA's on TPU) and the `input_grad` and `param_grads` kernels. Evaluated
+  forward (`jax.jvp`)
   it runs the "lax" formulation.
 * `_backward_p` itself differentiates through the "lax" formulation of the
   backward pass, so derivatives of any order work.

@@ -1,8 +1,9 @@
 """The tile sizes of the "pallas" kernels: every tuning choice, here.
 
-One function, `tiles`, picks each kernel's blocks, Triton warps and
-pipeline stages, and Mosaic's VMEM limit from the shapes and the target's
-limits. None of these were tuned for speed on hardware yet: no GPU or TPU
+Three functions pick each kernel's blocks, Triton warps and pipeline
+stages, and Mosaic's VMEM limit from the shapes and the target's limits:
+`gpu_tiles` (the Triton kernels of `_pallas_gpu`), `direct_tiles` (the
+TPU's layout-free forward kernel) and `tpu_tiles` (the TPU's layout form). None of these were tuned for speed on hardware yet: no GPU or TPU
 was at hand when the kernels were written, so the choices below follow each
 compiler's constraints, and were checked to compile on every target of
 ``scripts/compile_matrix.py`` (TPU v4, v5e, v5p, v6e; A100, L4, H100, B200),
@@ -11,8 +12,10 @@ Retune them here, with ``scripts/benchmark.py`` on the device, before
 changing that.
 
 Targets: "gpu" (Triton: every loaded block's size a power of 2, dots of at
-least 16 per side) and "tpu" (Mosaic: the last two block dims multiples of
-(8, 128) or the whole array dim; the output width is the whole row).
+least 16 per side; registers hold the gathers' pointers, so ptxas's spill
+report, in the compile matrix, sized the blocks) and "tpu" (Mosaic: the
+last two block dims multiples of (8, 128) or the whole array dim; the
+output width is the whole row).
 
 The kernels learn only "gpu" or "tpu", not the chip, so each form is sized
 for the smallest chip of its kind that the project targets:

@@ -125,9 +125,9 @@ def pytest_runtest_call(item):
 @pytest.fixture
 def kernel_calls(monkeypatch):
   """The names of the Pallas kernels lowered while the test runs, in
-  order: `forward`, `input_grad` and `param_grads` of `_pallas_gpu` or
-  `_pallas_tpu`, which every lowering of the "pallas" implementation
-  calls.
+  order: `forward` (or the TPU's `forward_direct`), `input_grad` and
+  `param_grads` of `_pallas_gpu` or `_pallas_tpu`, which every lowering of
+  the "pallas" implementation calls.
 
   JAX caches compiled programs (and `_pallas` its eager ones), which would
   not lower the kernels again: the caches are emptied before and after.
@@ -136,15 +136,19 @@ def kernel_calls(monkeypatch):
   from sepconv_jax import _pallas_gpu  # pylint: disable=g-import-not-at-top
   from sepconv_jax import _pallas_tpu  # pylint: disable=g-import-not-at-top
   calls = []
-  for module in (_pallas_gpu, _pallas_tpu):
-    for name in ("forward", "input_grad", "param_grads"):
-      original = getattr(module, name)
+  # (function, the kernel it records): the TPU's layout-free forward pass
+  # is its forward kernel too.
+  kernels = [(m, n, n) for m in (_pallas_gpu, _pallas_tpu)
+             for n in ("forward", "input_grad", "param_grads")]
+  kernels.append((_pallas_tpu, "forward_direct", "forward"))
+  for module, name, kernel in kernels:
+    original = getattr(module, name)
 
-      def wrapped(*args, _name=name, _original=original, **kwargs):
-        calls.append(_name)
-        return _original(*args, **kwargs)
+    def wrapped(*args, _kernel=kernel, _original=original, **kwargs):
+      calls.append(_kernel)
+      return _original(*args, **kwargs)
 
-      monkeypatch.setattr(module, name, wrapped)
+    monkeypatch.setattr(module, name, wrapped)
   jax.clear_caches()
   _pallas._jitted.cache_clear()
   yield calls

@@ -3,9 +3,10 @@ silent one.
 
 A `"pallas"` call that quietly ran the "lax" formulation would match "lax"
 and the float64 reference to the last bit, so a comparison alone cannot
-notice it. These tests record the kernels that run (`kernel_calls`, in `conftest.py`, wraps
-`_pallas_kernels.forward`, `input_grad` and `param_grads`, which every
-lowering of the kernels calls) and assert them:
+notice it. These tests record the kernels that run (`kernel_calls`, in
+`conftest.py`, wraps `forward`, `input_grad` and `param_grads` of
+`_pallas_gpu` and `_pallas_tpu`, which every lowering of the kernels
+calls) and assert them:
 
 * the forward pass runs the forward kernel, and the VJP the input-gradient
   and parameter-gradient kernels, for every kind of configuration of the
