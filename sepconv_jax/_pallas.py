@@ -241,8 +241,7 @@ def _eager(primitive):
 def _out_aval(x, dk, pk, cfg):
   n, h, w, _ = x.shape
   kh, kw, c, m = dk.shape
-  out = [(size + lo + hi - (k - 1) * d - 1) // s + 1 for size, (lo, hi), k,
-         s, d in zip((h, w), cfg.pads, (kh, kw), cfg.strides, cfg.dilation)]
+  out = cfg.out_hw((h, w), (kh, kw))
   channels = pk.shape[-1] if pk is not None else c * m
   return jax.core.ShapedArray((n, *out, channels), x.dtype)
 

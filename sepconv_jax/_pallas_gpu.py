@@ -88,10 +88,7 @@ def geometry(x_shape, dk_shape, filters: Optional[int], cfg,
   tiles of `kernel` ("forward", "input_grad" or "param_grads")."""
   n, h, w, c = x_shape
   kh, kw, _, m = dk_shape
-  out = tuple(
-      (size + lo + hi - (k - 1) * d - 1) // s + 1
-      for size, (lo, hi), k, s, d in zip((h, w), cfg.pads, (kh, kw),
-                                         cfg.strides, cfg.dilation))
+  out = cfg.out_hw((h, w), (kh, kw))
   exact = itemsize == 4 and any(p == lax.Precision.HIGHEST
                                 for p in cfg.precision or ())
   positions = n * (h * w if kernel == "input_grad" else out[0] * out[1])

@@ -41,6 +41,14 @@ class Config(NamedTuple):
   pads: tuple[tuple[int, int], tuple[int, int]]
   precision: Optional[tuple[lax.Precision, lax.Precision]]
 
+  def out_hw(self, hw: tuple[int, int],
+             kernel: tuple[int, int]) -> tuple[int, int]:
+    """The output's (H', W') for an input of (H, W) and a (kh, kw) kernel."""
+    return tuple(
+        (size + lo + hi - (k - 1) * d - 1) // s + 1
+        for size, (lo, hi), k, s, d in zip(hw, self.pads, kernel,
+                                           self.strides, self.dilation))
+
 
 class Geometry(NamedTuple):
   """Every static size of one call, for one target's tiles."""
@@ -102,10 +110,7 @@ def geometry(x_shape, kernel_shape, filters: Optional[int], cfg: Config,
   "input_grad", whose grid is the input's, or "param_grads")."""
   n, h, w, c = x_shape
   kh, kw, _, m = kernel_shape
-  out = tuple(
-      (size + lo + hi - (k - 1) * d - 1) // s + 1
-      for size, (lo, hi), k, s, d in zip((h, w), cfg.pads, (kh, kw),
-                                         cfg.strides, cfg.dilation))
+  out = cfg.out_hw((h, w), (kh, kw))
   f = c * m if filters is None else filters
   (sh, sw), (dh, dw) = cfg.strides, cfg.dilation
   if kernel == "input_grad":

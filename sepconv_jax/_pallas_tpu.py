@@ -280,10 +280,7 @@ def direct(x_shape, dk_shape, filters: int, cfg,
   kh, kw, _, m = dk_shape
   if m != 1:
     return None
-  out = tuple(
-      (size + lo + hi - (k - 1) * d - 1) // s + 1
-      for size, (lo, hi), k, s, d in zip((h, w), cfg.pads, (kh, kw),
-                                         cfg.strides, cfg.dilation))
+  out = cfg.out_hw((h, w), (kh, kw))
   (sh, sw), (dh, dw) = cfg.strides, cfg.dilation
   (_, (pl_, _)) = cfg.pads
   width = max(pl_ + w, (out[1] - 1) * sw + (kw - 1) * dw + 1)
